@@ -1,0 +1,403 @@
+"""A real Keycloak for tests, benchmarks and the local bring-up, from the official distribution.
+
+* ``ensure_distribution()`` fetches ``org.keycloak:keycloak-quarkus-dist`` (zip) with
+  ``mvn dependency:copy`` into the git-ignored ``.cache/keycloak`` and unzips it once.
+* ``KeycloakServer`` runs ``kc.sh start-dev`` on free loopback ports with an in-memory database and
+  health on the management port, and stops it. No Keycloak outlives its owner: the server runs in
+  its own process group beside a watchdog that reads a pipe held by this process; when the pipe
+  closes (``stop()``, normal exit, a crash or even SIGKILL of the owner) the watchdog terminates
+  the whole group.
+* ``Admin`` is a small synchronous client of Keycloak's admin REST API.
+
+Only loopback addresses are ever used.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+KEYCLOAK_VERSION = os.environ.get("KEYCLOAK_VERSION", "26.7.3")
+ROOT = Path(__file__).resolve().parent.parent
+CACHE = Path(os.environ.get("KEYCLOAK_CACHE", ROOT / ".cache" / "keycloak"))
+DEPENDENCY_PLUGIN = "org.apache.maven.plugins:maven-dependency-plugin:3.8.1"
+ADMIN_USER = "admin"
+LOOPBACK = "127.0.0.1"
+
+# The watchdog: start Keycloak, then block on stdin (a pipe from the owner); EOF ends the group.
+_WATCHDOG = '"$@" </dev/null & read -r _ || true; kill -TERM 0'
+
+
+class HarnessError(RuntimeError):
+    """Keycloak could not be fetched or started; the message says why."""
+
+
+def _log(message: str) -> None:
+    print(f"[keycloak-harness] {message}", file=sys.stderr, flush=True)
+
+
+def ensure_distribution(version: str = KEYCLOAK_VERSION) -> Path:
+    """Return the unpacked distribution's home, fetching it with Maven the first time."""
+    home = CACHE / f"keycloak-{version}"
+    if (home / "bin" / "kc.sh").exists():
+        return home
+    CACHE.mkdir(parents=True, exist_ok=True)
+    archive = CACHE / f"keycloak-quarkus-dist-{version}.zip"
+    if not archive.exists():
+        if shutil.which("mvn") is None:
+            raise HarnessError("Maven (mvn) is not installed; it fetches the Keycloak distribution.")
+        _log(f"fetching org.keycloak:keycloak-quarkus-dist:{version}:zip with mvn dependency:copy")
+        cmd = [
+            "mvn",
+            "-B",
+            "-q",
+            f"{DEPENDENCY_PLUGIN}:copy",
+            f"-Dartifact=org.keycloak:keycloak-quarkus-dist:{version}:zip",
+            f"-DoutputDirectory={CACHE}",
+            "-Dmdep.useBaseVersion=true",
+        ]
+        result = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=CACHE)
+        if result.returncode != 0 or not archive.exists():
+            raise HarnessError(
+                f"mvn could not fetch keycloak-quarkus-dist {version} (exit {result.returncode}): "
+                f"{(result.stdout + result.stderr).strip()[-800:]}"
+            )
+    staging = CACHE / f".unpack-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    with zipfile.ZipFile(archive) as zf:
+        for info in zf.infolist():
+            target = zf.extract(info, staging)
+            mode = info.external_attr >> 16
+            if mode:
+                os.chmod(target, mode & 0o777)
+    os.replace(staging / f"keycloak-{version}", home)
+    shutil.rmtree(staging, ignore_errors=True)
+    return home
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((LOOPBACK, 0))
+        return int(sock.getsockname()[1])
+
+
+def _group_rss_kib(pgid: int) -> int:
+    total = 0
+    for status in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = status.read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) == pgid:  # field 5 of stat: pgrp
+                rss_pages = int(fields[21])
+                total += rss_pages * os.sysconf("SC_PAGE_SIZE") // 1024
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
+
+
+def group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@dataclass
+class KeycloakServer:
+    """One Keycloak process (group) on loopback ports."""
+
+    home: Path = field(default_factory=ensure_distribution)
+    http_port: int = field(default_factory=free_port)
+    management_port: int = field(default_factory=free_port)
+    admin_password: str = field(default_factory=lambda: uuid.uuid4().hex)
+    extra_args: tuple[str, ...] = ()
+    log_path: Path | None = None
+    startup_seconds: float | None = None
+    rss_mib: float | None = None
+    _proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.http_port}"
+
+    @property
+    def health_url(self) -> str:
+        return f"http://{LOOPBACK}:{self.management_port}/health/ready"
+
+    @property
+    def pgid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    def spawn(self) -> KeycloakServer:
+        """Start the process without waiting for readiness."""
+        self.log_path = self.log_path or CACHE / f"keycloak-{self.http_port}.log"
+        env = dict(os.environ)
+        env.update(
+            {
+                "KC_BOOTSTRAP_ADMIN_USERNAME": ADMIN_USER,
+                "KC_BOOTSTRAP_ADMIN_PASSWORD": self.admin_password,
+                # Keep the JVM modest on a 2-core machine.
+                "JAVA_OPTS_KC_HEAP": env.get("JAVA_OPTS_KC_HEAP", "-Xms128m -Xmx768m"),
+            }
+        )
+        args = [
+            str(self.home / "bin" / "kc.sh"),
+            "start-dev",
+            f"--http-host={LOOPBACK}",
+            f"--http-port={self.http_port}",
+            f"--http-management-host={LOOPBACK}",
+            f"--http-management-port={self.management_port}",
+            "--health-enabled=true",
+            "--db=dev-mem",
+            *self.extra_args,
+        ]
+        log_file = self.log_path.open("wb")
+        self._started_at = time.monotonic()
+        self._proc = subprocess.Popen(
+            ["sh", "-c", _WATCHDOG, "keycloak-watchdog", *args],
+            stdin=subprocess.PIPE,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+        log_file.close()
+        return self
+
+    def wait_ready(self, timeout: float = 240.0) -> KeycloakServer:
+        assert self._proc is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None or not group_alive(self._proc.pid):
+                raise HarnessError(f"Keycloak exited during start-up; last log lines:\n{self.log_tail()}")
+            try:
+                with urllib.request.urlopen(self.health_url, timeout=2) as resp:
+                    if resp.status == 200:
+                        break
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.25)
+        else:
+            self.stop()
+            raise HarnessError(f"Keycloak was not ready within {timeout:.0f}s; last log lines:\n{self.log_tail()}")
+        self.startup_seconds = time.monotonic() - self._started_at
+        self.rss_mib = _group_rss_kib(self._proc.pid) / 1024
+        _log(
+            f"Keycloak {KEYCLOAK_VERSION} ready at {self.url} in {self.startup_seconds:.1f}s, "
+            f"RSS {self.rss_mib:.0f} MiB (management port {self.management_port})"
+        )
+        return self
+
+    def start(self, timeout: float = 240.0) -> KeycloakServer:
+        return self.spawn().wait_ready(timeout)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Close the watchdog's pipe (it terminates the group), then make sure the group is gone."""
+        proc = self._proc
+        if proc is None:
+            return
+        if proc.stdin and not proc.stdin.closed:
+            proc.stdin.close()
+        deadline = time.monotonic() + timeout
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=timeout)
+        while group_alive(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if group_alive(proc.pid):
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            while group_alive(proc.pid):
+                time.sleep(0.1)
+
+    def log_tail(self, lines: int = 25) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return "(no log)"
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def admin(self) -> Admin:
+        return Admin(self.url, ADMIN_USER, self.admin_password)
+
+
+class AdminError(RuntimeError):
+    pass
+
+
+@dataclass
+class Admin:
+    """Keycloak admin REST API, synchronous, for fixtures and scripts."""
+
+    base_url: str
+    username: str
+    password: str
+    _token: str | None = None
+    _token_expires: float = 0.0
+
+    def token(self) -> str:
+        if self._token is None or time.monotonic() > self._token_expires:
+            data = self._call(
+                "POST",
+                "/realms/master/protocol/openid-connect/token",
+                form={
+                    "grant_type": "password",
+                    "client_id": "admin-cli",
+                    "username": self.username,
+                    "password": self.password,
+                },
+                auth=False,
+            )
+            self._token = str(data["access_token"])
+            self._token_expires = time.monotonic() + float(data.get("expires_in", 60)) - 10
+        return self._token
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        form: dict[str, str] | None = None,
+        auth: bool = True,
+    ) -> Any:
+        headers = {"Accept": "application/json"}
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        elif form is not None:
+            data = urllib.parse.urlencode(form).encode()
+            headers["Content-Type"] = "application/x-www-form-urlencoded"
+        if auth:
+            headers["Authorization"] = f"Bearer {self.token()}"
+        request = urllib.request.Request(self.base_url + path, data=data, method=method, headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=30) as resp:
+                raw = resp.read()
+        except urllib.error.HTTPError as exc:
+            raise AdminError(f"{method} {path}: HTTP {exc.code} {exc.read()[:300]!r}") from None
+        return json.loads(raw) if raw else None
+
+    # --- realms ---
+    def create_realm(self, name: str | None = None, **attributes: str) -> str:
+        name = name or f"t-{uuid.uuid4().hex[:10]}"
+        self._call("POST", "/admin/realms", body={"realm": name, "enabled": True, "attributes": attributes})
+        return name
+
+    def delete_realm(self, name: str) -> None:
+        self._call("DELETE", f"/admin/realms/{name}")
+
+    # --- client registration ---
+    def mint_initial_access_token(self, realm: str, *, count: int = 1, expiration: int = 600) -> str:
+        data = self._call(
+            "POST", f"/admin/realms/{realm}/clients-initial-access", body={"count": count, "expiration": expiration}
+        )
+        return str(data["token"])
+
+    def set_trusted_hosts(self, realm: str, hosts: list[str]) -> None:
+        """Configure the anonymous Trusted Hosts client-registration policy."""
+        components = self._call(
+            "GET",
+            f"/admin/realms/{realm}/components?type=org.keycloak.services.clientregistration.policy."
+            "ClientRegistrationPolicy",
+        )
+        for component in components:
+            if component["providerId"] == "trusted-hosts" and component.get("subType") == "anonymous":
+                component["config"]["trusted-hosts"] = hosts
+                component["config"]["host-sending-registration-request-must-match"] = ["true"]
+                component["config"]["client-uris-must-match"] = ["false"]
+                self._call("PUT", f"/admin/realms/{realm}/components/{component['id']}", body=component)
+                return
+        raise AdminError(f"realm {realm} has no anonymous Trusted Hosts policy")
+
+    # --- clients ---
+    def clients(self, realm: str) -> list[dict[str, Any]]:
+        return list(self._call("GET", f"/admin/realms/{realm}/clients"))
+
+    def count_clients(self, realm: str) -> int:
+        return len(self.clients(realm))
+
+    def _internal_id(self, realm: str, client_id: str) -> str:
+        found = self._call("GET", f"/admin/realms/{realm}/clients?clientId={urllib.parse.quote(client_id)}")
+        if not found:
+            raise AdminError(f"no client {client_id} in realm {realm}")
+        return str(found[0]["id"])
+
+    def client(self, realm: str, client_id: str) -> dict[str, Any]:
+        return dict(self._call("GET", f"/admin/realms/{realm}/clients/{self._internal_id(realm, client_id)}"))
+
+    def delete_client(self, realm: str, client_id: str) -> None:
+        self._call("DELETE", f"/admin/realms/{realm}/clients/{self._internal_id(realm, client_id)}")
+
+    def client_secret(self, realm: str, client_id: str) -> str:
+        data = self._call("GET", f"/admin/realms/{realm}/clients/{self._internal_id(realm, client_id)}/client-secret")
+        return str(data["value"])
+
+    def regenerate_secret(self, realm: str, client_id: str) -> str:
+        data = self._call("POST", f"/admin/realms/{realm}/clients/{self._internal_id(realm, client_id)}/client-secret")
+        return str(data["value"])
+
+    def create_confidential_client(self, realm: str, client_id: str) -> str:
+        """A static service-account client, for static-mode tests; returns its secret."""
+        self._call(
+            "POST",
+            f"/admin/realms/{realm}/clients",
+            body={
+                "clientId": client_id,
+                "publicClient": False,
+                "serviceAccountsEnabled": True,
+                "standardFlowEnabled": False,
+                "protocol": "openid-connect",
+            },
+        )
+        return self.client_secret(realm, client_id)
+
+
+def client_credentials_token(token_endpoint: str, client_id: str, client_secret: str) -> dict[str, Any]:
+    """An independent check that credentials work (urllib, not the tool's own code), by client_secret_basic."""
+    form = urllib.parse.urlencode({"grant_type": "client_credentials"}).encode()
+    basic = base64.b64encode(
+        f"{urllib.parse.quote(client_id, safe='')}:{urllib.parse.quote(client_secret, safe='')}".encode()
+    ).decode()
+    request = urllib.request.Request(
+        token_endpoint, data=form, method="POST", headers={"Authorization": f"Basic {basic}"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            return dict(json.loads(resp.read()))
+    except urllib.error.HTTPError as exc:
+        raise AdminError(f"token request for {client_id} failed: HTTP {exc.code}") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m harness.keycloak fetch``: fetch and unpack the distribution (used by scripts/setup.sh)."""
+    args = sys.argv[1:] if argv is None else argv
+    if args != ["fetch"]:
+        print("usage: python -m harness.keycloak fetch", file=sys.stderr)
+        return 2
+    try:
+        print(ensure_distribution())
+    except HarnessError as exc:
+        print(f"[keycloak-harness] {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

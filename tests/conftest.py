@@ -1,0 +1,92 @@
+"""Shared fixtures: the session's one real Keycloak, isolated realms, and a CLI runner.
+
+Keycloak starts once per session; each test gets its own realm. If Keycloak cannot be fetched or
+started, every test that needs it fails (never skips) with the harness's reason.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from harness.keycloak import Admin, HarnessError, KeycloakServer, group_alive
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def keycloak() -> Iterator[KeycloakServer]:
+    try:
+        server = KeycloakServer().start()
+    except HarnessError as exc:
+        pytest.fail(f"Keycloak could not be started for the integration tests: {exc}", pytrace=False)
+    yield server
+    pgid = server.pgid
+    server.stop()
+    assert pgid is not None and not group_alive(pgid), "a Keycloak process outlived the test session"
+
+
+@pytest.fixture(scope="session")
+def admin(keycloak: KeycloakServer) -> Admin:
+    return keycloak.admin()
+
+
+@pytest.fixture
+def realm(admin: Admin) -> Iterator[str]:
+    name = admin.create_realm()
+    yield name
+    admin.delete_realm(name)
+
+
+@dataclass
+class Result:
+    code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def lines(self) -> list[dict[str, object]]:
+        return [json.loads(line) for line in self.stderr.splitlines() if line.startswith("{")]
+
+    @property
+    def last(self) -> dict[str, object]:
+        return self.lines[-1]
+
+    def assert_clean(self, *secrets: str | None) -> None:
+        """No secret value appears anywhere in what the process printed."""
+        for secret in secrets:
+            if secret:
+                assert secret not in self.stdout and secret not in self.stderr, "a secret leaked into the output"
+
+
+def base_env(tmp_path: Path) -> dict[str, str]:
+    """A clean environment: nothing from the developer's shell leaks into the tool's settings."""
+    return {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(tmp_path),
+        "DCR_LOG_FORMAT": "json",
+        "DCR_RETRY_INITIAL_DELAY": "0.05",
+        "DCR_RETRY_MAX_DELAY": "0.5",
+        "DCR_WAIT_TIMEOUT": "30",
+        "DCR_CLIENT_FILE": str(tmp_path / "creds" / ".dcr_client.json"),
+    }
+
+
+def run_cli(env: dict[str, str], *args: str, cwd: Path | None = None, timeout: float = 120) -> Result:
+    proc = subprocess.run(
+        [sys.executable, "-m", "bootstrap", *args],
+        env=env,
+        cwd=cwd or env.get("HOME"),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    return Result(proc.returncode, proc.stdout, proc.stderr)
