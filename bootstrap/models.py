@@ -1,0 +1,132 @@
+"""Data on the wire and on disk.
+
+Strict where we speak (``ClientMetadata`` forbids unknown fields), lenient where servers speak
+(``ServerMetadata`` and ``ClientInformation`` keep whatever else they return: RFC 7591 §3.2.1 lets a
+server substitute or add values). Secrets are ``SecretStr`` so no repr or log shows them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+from .settings import SECRET_AUTH_METHODS, Settings
+
+
+class ServerMetadata(BaseModel):
+    """RFC 8414 §2 / OpenID Discovery; only the fields we use are typed."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    issuer: str
+    token_endpoint: str | None = None
+    registration_endpoint: str | None = None
+    token_endpoint_auth_methods_supported: list[str] | None = None
+    grant_types_supported: list[str] | None = None
+
+
+class ClientMetadata(BaseModel):
+    """What we ask for (RFC 7591 §2). Its fingerprint tells a later run whether to update."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    client_name: str
+    grant_types: list[str]
+    redirect_uris: list[str] = Field(default_factory=list)
+    response_types: list[str] = Field(default_factory=list)
+    token_endpoint_auth_method: str
+    scope: str | None = None
+    contacts: list[str] | None = None
+    software_id: str | None = None
+    software_version: str | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ClientMetadata:
+        grants = settings.dcr_grant_types
+        return cls(
+            client_name=settings.client_name,
+            grant_types=grants,
+            redirect_uris=settings.dcr_redirect_uris,
+            # RFC 7591 §2.1: response_types follow grant_types; client_credentials needs none.
+            response_types=["code"] if "authorization_code" in grants else [],
+            token_endpoint_auth_method=settings.dcr_token_endpoint_auth_method,
+            scope=settings.dcr_scope,
+            contacts=settings.dcr_contacts or None,
+            software_id=settings.dcr_software_id,
+            software_version=settings.dcr_software_version,
+        )
+
+    def to_request(self) -> dict[str, Any]:
+        return self.model_dump(exclude_none=True)
+
+    @property
+    def needs_secret(self) -> bool:
+        return self.token_endpoint_auth_method in SECRET_AUTH_METHODS
+
+    @property
+    def fingerprint(self) -> str:
+        canonical = json.dumps(self.to_request(), sort_keys=True, separators=(",", ":"))
+        return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class ClientInformation(BaseModel):
+    """RFC 7591 §3.2.1 / RFC 7592 §3 response. Lenient: servers add fields and substitute values."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    client_id: str = Field(min_length=1)
+    client_secret: SecretStr | None = None
+    client_secret_expires_at: int | None = None
+    client_id_issued_at: int | None = None
+    registration_access_token: SecretStr | None = None
+    registration_client_uri: str | None = None
+    token_endpoint_auth_method: str | None = None
+
+
+# Fields a server manages; RFC 7592 §2.2 forbids sending them back in an update.
+SERVER_MANAGED_FIELDS = frozenset(
+    {
+        "registration_access_token",
+        "registration_client_uri",
+        "client_secret_expires_at",
+        "client_id_issued_at",
+    }
+)
+
+
+class SavedRegistration(BaseModel):
+    """The credentials file. The first five keys are the seed's contract; the rest serve later runs."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    client_id: str = Field(min_length=1)
+    client_secret: SecretStr | None = None
+    registration_access_token: SecretStr | None = None
+    registration_client_uri: str | None = None
+    registered_at: str | None = None
+    issuer: str | None = None
+    token_endpoint: str | None = None
+    client_secret_expires_at: int | None = None
+    metadata_fingerprint: str | None = None
+    mode: str = "dcr"
+
+    def to_file(self) -> dict[str, Any]:
+        """Plain JSON with the secrets revealed: only ``store`` writes this, to a 0600 file."""
+        data = self.model_dump()
+        for key in ("client_secret", "registration_access_token"):
+            value = getattr(self, key)
+            data[key] = value.get_secret_value() if value is not None else None
+        return data
+
+    def redacted(self) -> dict[str, Any]:
+        data = self.model_dump()
+        for key in ("client_secret", "registration_access_token"):
+            data[key] = "**********" if getattr(self, key) is not None else None
+        return data
+
+    @property
+    def manageable(self) -> bool:
+        return bool(self.registration_client_uri and self.registration_access_token)

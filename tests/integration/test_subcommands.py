@@ -1,0 +1,67 @@
+"""The operations subcommands: show, delete, wait, initial-token."""
+
+from __future__ import annotations
+
+import json
+import stat
+from pathlib import Path
+
+from harness.keycloak import Admin, KeycloakServer
+from tests.conftest import run_cli
+
+
+def test_show_prints_the_registration_with_secrets_redacted(env: dict[str, str], creds_file: Path) -> None:
+    """'show' prints the saved registration; no secret value appears."""
+    assert run_cli(env).code == 0
+    data = json.loads(creds_file.read_text())
+    result = run_cli(env, "show")
+    assert result.code == 0, result.stderr
+    shown = json.loads(result.stdout)
+    assert shown["client_id"] == data["client_id"]
+    assert shown["client_secret"] == "**********"
+    result.assert_clean(data["client_secret"], data["registration_access_token"])
+
+
+def test_delete_removes_the_client_on_the_server_and_the_file(
+    admin: Admin, realm: str, env: dict[str, str], creds_file: Path
+) -> None:
+    """'delete' deletes the client by RFC 7592 and removes the credentials file."""
+    assert run_cli(env).code == 0
+    client_id = json.loads(creds_file.read_text())["client_id"]
+    result = run_cli(env, "delete")
+    assert result.code == 0, result.stderr
+    assert not creds_file.exists()
+    assert client_id not in {c["clientId"] for c in admin.clients(realm)}
+
+
+def test_wait_returns_once_the_realm_serves_metadata(env: dict[str, str], creds_file: Path) -> None:
+    """'wait' exits 0 when the server is ready and writes nothing."""
+    result = run_cli(env, "wait")
+    assert result.code == 0, result.stderr
+    assert result.last["event"] == "Server ready"
+    assert not creds_file.exists()
+
+
+def test_initial_token_mints_a_token_that_registers_a_client(
+    keycloak: KeycloakServer, realm: str, env: dict[str, str], tmp_path: Path
+) -> None:
+    """'initial-token' mints through the admin API into a 0600 file; that token registers a client."""
+    env.pop("DCR_INITIAL_ACCESS_TOKEN")
+    admin_env = env | {"KEYCLOAK_ADMIN_USERNAME": "admin", "KEYCLOAK_ADMIN_PASSWORD": keycloak.admin_password}
+    token_file = tmp_path / "iat"
+    result = run_cli(admin_env, "initial-token", "--count", "1", "--expiration", "600", "--output", str(token_file))
+    assert result.code == 0, result.stderr
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    result.assert_clean(token_file.read_text().strip(), keycloak.admin_password)
+    registered = run_cli(env | {"DCR_INITIAL_ACCESS_TOKEN_FILE": str(token_file)})
+    assert registered.code == 0, registered.stderr
+
+
+def test_initial_token_with_wrong_admin_password_fails_clearly(realm: str, env: dict[str, str], tmp_path: Path) -> None:
+    """Wrong admin credentials: exit 5, a line naming the settings, the password not echoed."""
+    result = run_cli(
+        env | {"KEYCLOAK_ADMIN_USERNAME": "admin", "KEYCLOAK_ADMIN_PASSWORD": "wrong-password"}, "initial-token"
+    )
+    assert result.code == 5, result.stderr
+    assert "KEYCLOAK_ADMIN_PASSWORD" in str(result.last["event"])
+    result.assert_clean("wrong-password")

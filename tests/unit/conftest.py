@@ -1,0 +1,88 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aioresponses.core as aioresponses_core
+import pytest
+from aiohttp import ClientResponse
+from aioresponses import aioresponses
+
+from bootstrap import wait
+from bootstrap.settings import Settings
+
+ISSUER = "https://as.example.test/realms/demo"
+REG = f"{ISSUER}/clients-registrations/openid-connect"
+TOKEN = f"{ISSUER}/protocol/openid-connect/token"
+RFC8414 = "https://as.example.test/.well-known/oauth-authorization-server/realms/demo"
+
+
+@pytest.fixture(autouse=True)
+def no_backoff() -> Iterator[None]:
+    wait.testing(True)
+    yield
+    wait.testing(False)
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Unit tests never read the developer's environment or .env."""
+    import os
+
+    for name in list(os.environ):
+        if name.startswith(("DCR_", "KEYCLOAK_", "USE_DCR")):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+
+
+class _NoUpload:
+    output_size = 0
+
+
+class _CompatResponse(ClientResponse):
+    """aiohttp 3.14 (a security release) added a required ``stream_writer``; aioresponses 0.7.9 does not
+    pass it yet (pnuckowski/aioresponses#289). Supply a stand-in for the already-sent request."""
+
+    def __init__(self, method: str, url: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("stream_writer", _NoUpload())
+        super().__init__(method, url, **kwargs)
+
+
+@pytest.fixture
+def http(monkeypatch: pytest.MonkeyPatch) -> Iterator[aioresponses]:
+    monkeypatch.setattr(aioresponses_core, "ClientResponse", _CompatResponse)
+    with aioresponses() as mocked:
+        yield mocked
+
+
+def make_settings(tmp_path: Path, **overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "dcr_issuer": ISSUER,
+        "dcr_client_file": tmp_path / ".dcr_client.json",
+        "dcr_initial_access_token": "iat-secret-value",
+        "dcr_wait_timeout": 5,
+        "dcr_log_format": "json",
+    }
+    values.update(overrides)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+def metadata(**overrides: object) -> dict[str, object]:
+    doc: dict[str, object] = {"issuer": ISSUER, "token_endpoint": TOKEN, "registration_endpoint": REG}
+    doc.update(overrides)
+    return doc
+
+
+def client_info(**overrides: object) -> dict[str, object]:
+    info: dict[str, object] = {
+        "client_id": "cid-1",
+        "client_secret": "client-secret-value",
+        "registration_access_token": "rat-secret-value",
+        "registration_client_uri": f"{REG}/cid-1",
+        "client_secret_expires_at": 0,
+        "grant_types": ["client_credentials"],
+        "token_endpoint_auth_method": "client_secret_basic",
+    }
+    info.update(overrides)
+    return info

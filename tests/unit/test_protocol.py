@@ -1,0 +1,133 @@
+"""Pure protocol pieces: discovery URLs, errors and hints, update bodies, retry delays, redaction."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import SecretStr
+from tenacity import RetryCallState
+
+from bootstrap import log
+from bootstrap._http import Response, Transport, retry_after
+from bootstrap.discovery import discovery_urls
+from bootstrap.errors import ClientGone, InsufficientScope, InvalidClientMetadata, Unavailable
+from bootstrap.models import ClientInformation, ClientMetadata
+from bootstrap.registration import _gone_or_rejected, rejection, update_body
+from bootstrap.settings import Settings
+from bootstrap.wait import Deadline, RetryPolicy, testing
+
+
+def test_discovery_urls_follow_rfc8414_then_openid() -> None:
+    """Path issuers: RFC 8414 path insertion first, then both OpenID forms."""
+    assert discovery_urls("https://as.test/realms/r") == [
+        "https://as.test/.well-known/oauth-authorization-server/realms/r",
+        "https://as.test/.well-known/openid-configuration/realms/r",
+        "https://as.test/realms/r/.well-known/openid-configuration",
+    ]
+
+
+def test_discovery_urls_for_a_host_only_issuer() -> None:
+    """Host-only issuers have exactly the two root well-known URLs."""
+    assert discovery_urls("https://as.test") == [
+        "https://as.test/.well-known/oauth-authorization-server",
+        "https://as.test/.well-known/openid-configuration",
+    ]
+
+
+def test_rfc7591_error_codes_map_to_their_exceptions() -> None:
+    """invalid_client_metadata becomes InvalidClientMetadata with the generic hint."""
+    exc = rejection(Response(400, "u", body=b'{"error":"invalid_client_metadata"}'), "Registration was rejected")
+    assert isinstance(exc, InvalidClientMetadata)
+    assert "DCR_GRANT_TYPES" in str(exc)
+
+
+def test_keycloak_trusted_hosts_rejection_gets_the_keycloak_hint() -> None:
+    """Keycloak's Trusted Hosts message gets the two ways out."""
+    body = b'{"error":"insufficient_scope","error_description":"Policy \'Trusted Hosts\' rejected request"}'
+    exc = rejection(Response(403, "u", body=body), "Registration was rejected")
+    assert isinstance(exc, InsufficientScope)
+    assert "DCR_INITIAL_ACCESS_TOKEN" in str(exc) and "Trusted Hosts" in str(exc)
+
+
+def test_management_401_means_the_client_is_gone() -> None:
+    """RFC 7592: 401 on read means the registration no longer exists (or its token was revoked)."""
+    assert isinstance(_gone_or_rejected(Response(401, "u", body=b"{}"), "read"), ClientGone)
+
+
+def test_update_body_drops_server_managed_fields_and_applies_wanted_metadata() -> None:
+    """RFC 7592 §2.2: no registration_access_token/uri/issued/expires; our values on top; client_id kept."""
+    current = ClientInformation.model_validate(
+        {
+            "client_id": "cid",
+            "client_secret": "sec",
+            "registration_access_token": "rat",
+            "registration_client_uri": "https://as/x",
+            "client_id_issued_at": 1,
+            "client_secret_expires_at": 0,
+            "client_name": "old",
+            "jwks_uri": "https://keep.me",
+        }
+    )
+    wanted = ClientMetadata(client_name="new", grant_types=["client_credentials"], token_endpoint_auth_method="x")
+    body: dict[str, Any] = update_body(current, wanted)
+    assert not {"registration_access_token", "registration_client_uri", "client_id_issued_at"} & body.keys()
+    assert (body["client_id"], body["client_secret"], body["client_name"]) == ("cid", "sec", "new")
+    assert body["jwks_uri"] == "https://keep.me"
+
+
+def test_fingerprint_changes_with_metadata_only() -> None:
+    """Equal metadata, equal fingerprint; a changed name, a different one."""
+    a = ClientMetadata(client_name="a", grant_types=["client_credentials"], token_endpoint_auth_method="m")
+    assert a.fingerprint == a.model_copy().fingerprint
+    assert a.fingerprint != a.model_copy(update={"client_name": "b"}).fingerprint
+
+
+def test_retry_after_seconds_and_http_date() -> None:
+    """Retry-After as delta-seconds or an HTTP-date in the past."""
+    assert retry_after("7") == 7.0
+    assert retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0
+    assert retry_after("soon") is None
+
+
+def _state_with(exc: BaseException) -> RetryCallState:
+    state = RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]
+    state.set_exception((type(exc), exc, None))
+    return state
+
+
+def test_retry_after_replaces_the_backoff() -> None:
+    """A server's Retry-After is the next delay (when backoff is on)."""
+    testing(False)
+    policy = RetryPolicy(Deadline(60), initial=0.5, maximum=10)
+    assert policy.delay(_state_with(Unavailable("429", retry_after=3.0))) == 3.0
+
+
+def test_backoff_is_jittered_and_bounded() -> None:
+    """Without Retry-After the delay is random, within [0, maximum]."""
+    testing(False)
+    policy = RetryPolicy(Deadline(60), initial=0.5, maximum=2)
+    delays = {policy.delay(_state_with(Unavailable("down"))) for _ in range(20)}
+    assert all(0 <= d <= 2 for d in delays) and len(delays) > 1
+
+
+def test_split_horizon_rewrites_only_public_urls() -> None:
+    """URLs under the public base go to the internal one; others are untouched."""
+    transport = Transport(
+        Settings(keycloak_url="http://localhost:8080", keycloak_realm="r", dcr_internal_url="http://keycloak:8080")
+    )
+    assert transport.wire_url("http://localhost:8080/realms/r") == "http://keycloak:8080/realms/r"
+    assert transport.wire_url("http://localhost:80800/x") == "http://localhost:80800/x"
+    assert transport.wire_url("https://other/x") == "https://other/x"
+
+
+def test_redaction_masks_sensitive_keys_and_known_secret_values() -> None:
+    """Sensitive keys are masked, and a registered secret is masked inside any string."""
+    log.register_secret("very-secret-value")
+    event = log.redact(None, "info", {"client_secret": "x", "event": "got very-secret-value back", "n": 1})
+    assert event == {"client_secret": log.MASK, "event": f"got {log.MASK} back", "n": 1}
+
+
+def test_models_never_show_secrets_in_repr() -> None:
+    """SecretStr keeps secrets out of reprs and exception messages."""
+    info = ClientInformation(client_id="c", client_secret=SecretStr("hidden-value"))
+    assert "hidden-value" not in repr(info)
