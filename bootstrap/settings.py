@@ -93,6 +93,8 @@ class Settings(BaseSettings):
     dcr_retry_initial_delay: float = Field(0.5, ge=0, description="First backoff delay in seconds.")
     dcr_retry_max_delay: float = Field(10.0, ge=0, description="Largest backoff delay in seconds.")
 
+    dcr_watch_interval: float = Field(300.0, gt=0, description="Seconds between re-checks in 'watch' (sidecar) mode.")
+
     # --- logs ---
     dcr_log_format: Literal["auto", "json", "console"] = Field(
         "auto", description="json, console, or auto (console on a terminal, JSON otherwise)."

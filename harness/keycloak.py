@@ -127,7 +127,7 @@ class KeycloakServer:
     home: Path = field(default_factory=ensure_distribution)
     http_port: int = field(default_factory=free_port)
     management_port: int = field(default_factory=free_port)
-    admin_password: str = field(default_factory=lambda: uuid.uuid4().hex)
+    admin_password: str = field(default_factory=lambda: uuid.uuid4().hex, repr=False)
     extra_args: tuple[str, ...] = ()
     log_path: Path | None = None
     startup_seconds: float | None = None
@@ -246,8 +246,8 @@ class Admin:
 
     base_url: str
     username: str
-    password: str
-    _token: str | None = None
+    password: str = field(repr=False)
+    _token: str | None = field(default=None, repr=False)
     _token_expires: float = 0.0
 
     def token(self) -> str:

@@ -69,7 +69,8 @@ class Result:
 def base_env(tmp_path: Path) -> dict[str, str]:
     """A clean environment: nothing from the developer's shell leaks into the tool's settings."""
     return {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        # The venv's bin first: dcr-bootstrap and entrypoint.sh resolve as in the image.
+        "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '/usr/bin:/bin')}",
         "HOME": str(tmp_path),
         "DCR_LOG_FORMAT": "json",
         "DCR_RETRY_INITIAL_DELAY": "0.05",

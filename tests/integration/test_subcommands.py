@@ -65,3 +65,29 @@ def test_initial_token_with_wrong_admin_password_fails_clearly(realm: str, env: 
     assert result.code == 5, result.stderr
     assert "KEYCLOAK_ADMIN_PASSWORD" in str(result.last["event"])
     result.assert_clean("wrong-password")
+
+
+def test_watch_rechecks_until_terminated(env: dict[str, str], creds_file: Path) -> None:
+    """'watch' (sidecar mode) registers, re-checks on its interval, and exits 0 on SIGTERM."""
+    import signal
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bootstrap", "watch"],
+        env=env | {"DCR_WATCH_INTERVAL": "0.2"},
+        cwd=env["HOME"],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stderr is not None
+    actions = []
+    for line in proc.stderr:
+        if '"Credentials written"' in line:
+            actions.append(json.loads(line)["action"])
+            if len(actions) == 2:
+                break
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=20) == 0
+    assert actions == ["registered", "reloaded"]
+    assert creds_file.exists()

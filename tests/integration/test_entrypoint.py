@@ -1,0 +1,95 @@
+"""entrypoint.sh in both modes: exit codes preserved, credentials exported, signals delivered."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from harness.keycloak import ROOT, free_port
+from tests.conftest import base_env
+
+ENTRYPOINT = str(ROOT / "entrypoint.sh")
+
+# Exits 0 only if the environment holds exactly the credentials in the file; prints no secret.
+CHECK_ENV = (
+    "import json, os, sys; d = json.load(open(os.environ['DCR_CLIENT_FILE'])); "
+    "sys.exit(0 if (os.environ['KEYCLOAK_CLIENT_ID'], os.environ['KEYCLOAK_CLIENT_SECRET']) "
+    "== (d['client_id'], d['client_secret']) else 9)"
+)
+
+
+def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [ENTRYPOINT, *args], env=env, capture_output=True, text=True, timeout=120, check=False, cwd=env["HOME"]
+    )
+
+
+def test_without_arguments_runs_the_bootstrap_and_exits_0(env: dict[str, str], creds_file: Path) -> None:
+    """Init-container mode: the bootstrap runs, the file is written, exit 0."""
+    result = run(env)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(creds_file.read_text())["client_id"]
+
+
+def test_without_arguments_a_failing_bootstrap_keeps_its_exit_code(tmp_path: Path) -> None:
+    """A configuration error (2) comes out of the entrypoint unchanged."""
+    result = run(base_env(tmp_path))
+    assert result.returncode == 2
+
+
+def test_with_arguments_exports_credentials_and_execs_the_command(env: dict[str, str], creds_file: Path) -> None:
+    """Wrapper mode: the command sees KEYCLOAK_CLIENT_ID/SECRET equal to the written file."""
+    result = run(env, sys.executable, "-c", CHECK_ENV)
+    assert result.returncode == 0, result.stderr
+    secret = json.loads(creds_file.read_text())["client_secret"]
+    assert secret not in result.stdout + result.stderr
+
+
+def test_with_arguments_a_failing_bootstrap_stops_before_the_command(tmp_path: Path) -> None:
+    """Wrapper mode: a failing bootstrap's code is returned and the command never runs."""
+    marker = tmp_path / "ran"
+    result = run(base_env(tmp_path), "touch", str(marker))
+    assert result.returncode == 2
+    assert not marker.exists()
+
+
+def test_sigterm_during_the_bootstrap_reaches_it(tmp_path: Path) -> None:
+    """SIGTERM to the entrypoint is forwarded to the waiting bootstrap, which exits 130 at once."""
+    env = base_env(tmp_path) | {
+        "KEYCLOAK_URL": f"http://127.0.0.1:{free_port()}",
+        "KEYCLOAK_REALM": "never",
+        "DCR_WAIT_TIMEOUT": "120",
+    }
+    proc = subprocess.Popen(
+        [ENTRYPOINT, "touch", str(tmp_path / "ran")], env=env, cwd=tmp_path, stderr=subprocess.PIPE, text=True
+    )
+    assert proc.stderr is not None
+    for line in proc.stderr:  # the bootstrap is running once it logs its first retry
+        if "Server not ready, retrying" in line:
+            break
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=20) == 130
+    assert not (tmp_path / "ran").exists()
+
+
+def test_after_exec_signals_reach_the_command_directly(env: dict[str, str]) -> None:
+    """After exec the command is the process: SIGTERM reaches it and its exit code is the container's."""
+    command = (
+        "import signal, sys, time; signal.signal(signal.SIGTERM, lambda *_: sys.exit(42)); "
+        "print('ready', flush=True); time.sleep(60)"
+    )
+    proc = subprocess.Popen(
+        [ENTRYPOINT, sys.executable, "-c", command],
+        env=env,
+        cwd=env["HOME"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "ready"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=20) == 42

@@ -1,0 +1,127 @@
+"""Container and orchestration files: linted by the tools people use, and secure as shipped."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+DOCKERFILES = [ROOT / "Dockerfile", ROOT / "examples" / "mcp-server" / "Dockerfile"]
+SHELL_SCRIPTS = [ROOT / "entrypoint.sh", *sorted((ROOT / "scripts").glob("*.sh")), ROOT / ".ci" / "run"]
+MANIFESTS = sorted((ROOT / "deploy" / "k8s").glob("*.yaml"))
+
+
+def tool(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(BIN / argv[0]), *argv[1:]], capture_output=True, text=True, check=False)
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_dockerfile_is_clean_under_hadolint(dockerfile: Path) -> None:
+    """hadolint reports nothing."""
+    result = tool("hadolint", str(dockerfile))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_shell_scripts_are_clean_under_shellcheck() -> None:
+    """shellcheck reports nothing for the entrypoint and the scripts."""
+    result = tool("shellcheck", *map(str, SHELL_SCRIPTS))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_entrypoint_is_posix_sh() -> None:
+    """The entrypoint runs under /bin/sh (slim images have no bash guarantee)."""
+    assert (ROOT / "entrypoint.sh").read_text().startswith("#!/bin/sh\n")
+    result = tool("shellcheck", "--shell=sh", str(ROOT / "entrypoint.sh"))
+    assert result.returncode == 0, result.stdout
+
+
+def test_compose_file_validates_against_the_compose_spec() -> None:
+    """docker-compose.yml validates with check-jsonschema's vendored compose specification."""
+    result = tool("check-jsonschema", "--builtin-schema", "vendor.compose-spec", str(ROOT / "docker-compose.yml"))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("version", ["1.33.0", "1.37.0"])
+def test_manifests_validate_for_current_kubernetes(version: str) -> None:
+    """Every manifest validates strictly with kubernetes-validate."""
+    result = tool("kubernetes-validate", "--strict", "-k", version, *map(str, MANIFESTS))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def final_stage(dockerfile: Path) -> list[str]:
+    lines = [line.strip() for line in dockerfile.read_text().splitlines()]
+    start = max(i for i, line in enumerate(lines) if line.startswith("FROM "))
+    return lines[start:]
+
+
+def test_image_runs_as_numeric_non_root_user_with_the_entrypoint() -> None:
+    """The final stage: numeric non-root USER, entrypoint.sh, OCI labels, no compilers installed."""
+    stage = final_stage(ROOT / "Dockerfile")
+    users = [line.split()[1] for line in stage if line.startswith("USER ")]
+    assert users and users[-1].split(":")[0].isdigit() and users[-1].split(":")[0] != "0"
+    assert 'ENTRYPOINT ["/usr/local/bin/entrypoint.sh"]' in stage
+    assert any("org.opencontainers.image.title" in line for line in stage)
+    assert not any(word in " ".join(stage) for word in ("gcc", "build-essential", "apt-get install"))
+    assert "requirements/runtime.txt" in (ROOT / "Dockerfile").read_text()
+
+
+def compose() -> dict[str, Any]:
+    return dict(yaml.safe_load((ROOT / "docker-compose.yml").read_text()))
+
+
+def test_compose_orders_the_services_and_mounts_credentials_read_only() -> None:
+    """The server waits for the bootstrap to complete and mounts the shared volume read-only."""
+    services = compose()["services"]
+    server = services["mcp-server"]
+    assert server["depends_on"]["bootstrap"]["condition"] == "service_completed_successfully"
+    assert any(v.startswith("dcr-credentials:") and v.endswith(":ro") for v in server["volumes"])
+
+
+def test_admin_credentials_never_reach_the_server_or_the_bootstrap() -> None:
+    """Only keycloak and initial-token see the admin password; the token comes from a file, not the env."""
+    services = compose()["services"]
+    for name in ("mcp-server", "bootstrap"):
+        svc = services[name]
+        assert not any("ADMIN" in key for key in svc.get("environment", {})), name
+        assert not any(v.startswith("dcr-admin:") for v in svc.get("volumes", [])), name
+    bootstrap_env = services["bootstrap"]["environment"]
+    assert "DCR_INITIAL_ACCESS_TOKEN" not in bootstrap_env and "DCR_INITIAL_ACCESS_TOKEN_FILE" in bootstrap_env
+
+
+def pod_specs() -> list[dict[str, Any]]:
+    docs = [doc for path in MANIFESTS for doc in yaml.safe_load_all(path.read_text()) if doc]
+    return [doc["spec"]["template"]["spec"] for doc in docs if doc["kind"] == "Deployment"]
+
+
+def test_every_container_has_the_restricted_security_context() -> None:
+    """runAsNonRoot, read-only root filesystem, no privilege escalation, all capabilities dropped."""
+    specs = pod_specs()
+    assert len(specs) == 2
+    for spec in specs:
+        assert spec["securityContext"]["runAsNonRoot"] is True
+        for container in spec["containers"] + spec["initContainers"]:
+            ctx = container["securityContext"]
+            assert ctx["readOnlyRootFilesystem"] is True and ctx["allowPrivilegeEscalation"] is False
+            assert ctx["capabilities"]["drop"] == ["ALL"]
+
+
+def test_credentials_share_an_in_memory_volume_and_the_token_comes_from_a_secret() -> None:
+    """An emptyDir in memory is shared; the initial access token is a Secret volume."""
+    for spec in pod_specs():
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        assert volumes["dcr-credentials"]["emptyDir"]["medium"] == "Memory"
+        assert "secret" in volumes["dcr-initial-access-token"]
+
+
+def test_sidecar_variant_is_a_native_sidecar() -> None:
+    """The sidecar manifest uses restartPolicy: Always in initContainers, with a startup probe."""
+    sidecar = yaml.safe_load_all((ROOT / "deploy" / "k8s" / "sidecar.yaml").read_text())
+    spec = next(d for d in sidecar if d and d["kind"] == "Deployment")["spec"]["template"]["spec"]
+    init = spec["initContainers"][0]
+    assert init["restartPolicy"] == "Always" and "startupProbe" in init
