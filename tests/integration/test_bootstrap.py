@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 
 from harness.keycloak import Admin, AdminError, KeycloakServer, client_credentials_token
 from tests.conftest import Result, run_cli
@@ -51,9 +52,8 @@ def test_first_run_registers_and_writes_working_credentials(
     data = saved(creds_file)
     assert data.keys() >= SEED_KEYS
     assert data["issuer"] == f"{keycloak.url}/realms/{realm}"
-    assert "access_token" in client_credentials_token(
-        token_endpoint(keycloak, realm), data["client_id"], data["client_secret"]
-    )
+    answer = client_credentials_token(token_endpoint(keycloak, realm), data["client_id"], data["client_secret"])
+    assert "access_token" in answer
     events = [line["event"] for line in result.lines]
     assert "Discovered DCR endpoint" in events and "Successfully registered client" in events
     result.assert_clean(env["DCR_INITIAL_ACCESS_TOKEN"], data["client_secret"], data["registration_access_token"])
@@ -70,7 +70,8 @@ def test_second_run_reloads_the_same_client(admin: Admin, realm: str, env: dict[
     assert second["client_id"] == first["client_id"]
     assert admin.count_clients(realm) == clients_before
     assert "Loaded registration for client" in [line["event"] for line in result.lines]
-    assert registration_read_status(second["registration_client_uri"], second["registration_access_token"]) == 200
+    status = registration_read_status(second["registration_client_uri"], second["registration_access_token"])
+    assert status == 200
     result.assert_clean(second["client_secret"], second["registration_access_token"])
 
 
@@ -112,9 +113,10 @@ def test_changed_metadata_updates_in_place_and_rotates_the_token(
     new = saved(creds_file)
     assert new["client_id"] == old["client_id"]
     assert admin.client(realm, new["client_id"])["name"] == "renamed-client"
-    assert new["registration_access_token"] != old["registration_access_token"]
-    assert registration_read_status(new["registration_client_uri"], old["registration_access_token"]) == 401
-    assert registration_read_status(new["registration_client_uri"], new["registration_access_token"]) == 200
+    assert SecretStr(new["registration_access_token"]) != SecretStr(old["registration_access_token"])
+    old_status = registration_read_status(new["registration_client_uri"], old["registration_access_token"])
+    new_status = registration_read_status(new["registration_client_uri"], new["registration_access_token"])
+    assert (old_status, new_status) == (401, 200)
     assert "Updated registration for client" in [line["event"] for line in result.lines]
 
 
@@ -167,7 +169,8 @@ def test_used_up_initial_access_token_is_refused_and_file_kept(
 ) -> None:
     """A single-use token already spent: exit 4 with 'used up', the file intact."""
     token = env["DCR_INITIAL_ACCESS_TOKEN"]
-    assert _spend(f"{env['KEYCLOAK_URL']}/realms/{realm}/clients-registrations/openid-connect", token) == 201
+    status = _spend(f"{env['KEYCLOAK_URL']}/realms/{realm}/clients-registrations/openid-connect", token)
+    assert status == 201
     result = run_cli(env)
     assert_rejected(result, 4, "used up")
     assert creds_file.read_bytes() == valid_file
@@ -244,7 +247,8 @@ def test_static_mode_writes_the_same_format(
     assert result.code == 0, result.stderr
     data = saved(creds_file)
     assert data.keys() >= SEED_KEYS
-    assert (data["client_id"], data["client_secret"]) == ("static-client", secret)
+    assert data["client_id"] == "static-client"
+    assert SecretStr(data["client_secret"]) == SecretStr(secret)
     assert stat.S_IMODE(creds_file.stat().st_mode) == 0o600
     result.assert_clean(secret)
 
@@ -310,7 +314,7 @@ def test_admin_console_secret_regeneration_is_picked_up(
     client_id = saved(creds_file)["client_id"]
     new_secret = admin.regenerate_secret(realm, client_id)
     assert run_cli(env).code == 0
-    assert saved(creds_file)["client_secret"] == new_secret
+    assert SecretStr(saved(creds_file)["client_secret"]) == SecretStr(new_secret)
     client_credentials_token(token_endpoint(keycloak, realm), client_id, new_secret)
 
 

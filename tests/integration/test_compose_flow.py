@@ -217,7 +217,8 @@ def test_compose_stack_registers_serves_and_reuses_the_client(
     try:
         assert mcp_status(url, None) == 401
         token = caller_token(admin, keycloak, audience=data["client_id"])
-        assert mcp_status(url, token) == 200  # the server introspected the token with its own credentials
+        status = mcp_status(url, token)
+        assert status == 200  # the server introspected the token with its own credentials
     finally:
         proc.terminate()
         proc.wait(timeout=20)

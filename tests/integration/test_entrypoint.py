@@ -45,7 +45,8 @@ def test_with_arguments_exports_credentials_and_execs_the_command(env: dict[str,
     result = run(env, sys.executable, "-c", CHECK_ENV)
     assert result.returncode == 0, result.stderr
     secret = json.loads(creds_file.read_text())["client_secret"]
-    assert secret not in result.stdout + result.stderr
+    if secret in result.stdout + result.stderr:
+        raise AssertionError("the client secret leaked into the output")
 
 
 def test_with_arguments_a_failing_bootstrap_stops_before_the_command(tmp_path: Path) -> None:
