@@ -9,10 +9,8 @@
 # directly. Exit codes are preserved (see the README's exit-code table).
 set -eu
 
-BOOTSTRAP=${DCR_BOOTSTRAP_COMMAND:-dcr-bootstrap}
-
 if [ "$#" -eq 0 ]; then
-  exec "$BOOTSTRAP"
+  exec dcr-bootstrap
 fi
 
 child=""
@@ -25,7 +23,7 @@ trap 'forward TERM' TERM
 trap 'forward INT' INT
 trap 'forward HUP' HUP
 
-"$BOOTSTRAP" &
+dcr-bootstrap &
 child=$!
 # wait returns early (status > 128) when a trapped signal arrives; wait again for the real status.
 status=0
@@ -39,7 +37,7 @@ if [ "$status" -ne 0 ]; then
 fi
 
 # Never echo the secrets: eval reads them from the tool's stdout, nothing is logged.
-exports=$("$BOOTSTRAP" env)
+exports=$(dcr-bootstrap env)
 eval "$exports"
 export KEYCLOAK_CLIENT_ID KEYCLOAK_CLIENT_SECRET
 exec "$@"

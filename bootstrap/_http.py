@@ -18,7 +18,7 @@ from typing import Any
 import aiohttp
 
 from . import __version__
-from .errors import MalformedResponse, Unavailable
+from .errors import ConfigError, MalformedResponse, ServerResponseError, Unavailable
 from .settings import Settings
 
 # Statuses that mean "the request was not processed, try again later". 500 is not among them
@@ -128,12 +128,18 @@ class Transport:
                 body = await resp.read()
                 status = resp.status
                 resp_headers = {k.lower(): v for k, v in resp.headers.items()}
+        except (aiohttp.ClientConnectorCertificateError, aiohttp.ClientSSLError) as exc:
+            # A certificate problem does not heal by waiting: stop at once and say what to set.
+            raise ConfigError(
+                f"TLS verification failed for {target} ({type(exc).__name__}); trust the server's CA with "
+                "DCR_CA_BUNDLE=/path/to/ca.pem, or fix the URL."
+            ) from None
         except aiohttp.ClientConnectorError as exc:
             raise Unavailable(f"cannot connect to {target}: {exc.os_error.strerror or exc}") from None
         except (aiohttp.ClientError, TimeoutError) as exc:
             reason = "timed out" if isinstance(exc, TimeoutError) else type(exc).__name__
             if not idempotent:
-                raise MalformedResponse(
+                raise ServerResponseError(
                     f"{method} {target} failed after the request was sent ({reason}); the server may have "
                     "acted on it. Check the server's clients, then run again."
                 ) from None

@@ -49,13 +49,14 @@ async def run(settings: Settings) -> Outcome:
     _register_secrets(settings)
     policy = policy_for(settings)
     with store.locked(settings.dcr_client_file):
+        # Read the saved file first: an unreadable one fails now, not after waiting for the server.
+        saved = store.load(settings.dcr_client_file)
         async with Transport(settings) as transport:
             server = await discovery.discover(transport, settings.expected_issuer, policy)
             if not settings.use_dcr:
                 return await _static(transport, settings, server, policy)
             endpoint = discovery.require_registration_endpoint(server)
             logger.info("Discovered DCR endpoint", endpoint=endpoint, issuer=server.issuer)
-            saved = store.load(settings.dcr_client_file)
             if saved is not None and _belongs_to(saved, server, endpoint):
                 outcome = await _reload(transport, settings, server, policy, saved)
                 if outcome is not None:

@@ -12,6 +12,7 @@ import errno
 import fcntl
 import json
 import os
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -40,7 +41,8 @@ def load(path: Path) -> SavedRegistration | None:
 def write_private(path: Path, data: bytes) -> None:
     """Atomically replace ``path`` with ``data``; the file is 0600 from its first byte."""
     directory = path.parent if str(path.parent) else Path(".")
-    tmp = directory / f".{path.name}.{os.getpid()}.tmp"
+    # A random name: in containers the PID repeats across runs, so a PID-named leftover would block O_EXCL.
+    tmp = directory / f".{path.name}.{secrets.token_hex(6)}.tmp"
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:

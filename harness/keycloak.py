@@ -300,6 +300,11 @@ class Admin:
         self._call("POST", "/admin/realms", body={"realm": name, "enabled": True, "attributes": attributes})
         return name
 
+    def import_realm(self, representation: dict[str, Any]) -> str:
+        """Create a realm from a full representation (what --import-realm reads from a JSON file)."""
+        self._call("POST", "/admin/realms", body=representation)
+        return str(representation["realm"])
+
     def delete_realm(self, name: str) -> None:
         self._call("DELETE", f"/admin/realms/{name}")
 
@@ -352,6 +357,23 @@ class Admin:
     def regenerate_secret(self, realm: str, client_id: str) -> str:
         data = self._call("POST", f"/admin/realms/{realm}/clients/{self._internal_id(realm, client_id)}/client-secret")
         return str(data["value"])
+
+    def add_audience_mapper(self, realm: str, client_id: str, audience: str) -> None:
+        """Put client ``audience`` into the tokens of ``client_id`` (Keycloak 26.7 introspection needs it)."""
+        self._call(
+            "POST",
+            f"/admin/realms/{realm}/clients/{self._internal_id(realm, client_id)}/protocol-mappers/models",
+            body={
+                "name": f"audience-{audience}",
+                "protocol": "openid-connect",
+                "protocolMapper": "oidc-audience-mapper",
+                "config": {
+                    "included.client.audience": audience,
+                    "access.token.claim": "true",
+                    "introspection.token.claim": "true",
+                },
+            },
+        )
 
     def create_confidential_client(self, realm: str, client_id: str) -> str:
         """A static service-account client, for static-mode tests; returns its secret."""

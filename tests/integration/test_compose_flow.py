@@ -122,7 +122,7 @@ def stack(keycloak: KeycloakServer, admin: Admin, tmp_path: Path) -> Iterator[St
     )
     realm = json.loads(realm_file.read_text())
     realm.setdefault("attributes", {})["frontendUrl"] = kc["environment"]["KC_HOSTNAME"]
-    admin._call("POST", "/admin/realms", body=realm)
+    admin.import_realm(realm)
     try:
         yield Stack(compose, keycloak, tmp_path / "volumes")
     finally:
@@ -186,21 +186,7 @@ def mcp_status(url: str, token: str | None) -> int:
 def caller_token(admin: Admin, keycloak: KeycloakServer, audience: str) -> str:
     """A token of a caller client whose audience names the MCP server's client (as Keycloak 26.7 requires)."""
     secret = admin.create_confidential_client("mcp", "mcp-caller")
-    caller = admin._internal_id("mcp", "mcp-caller")
-    admin._call(
-        "POST",
-        f"/admin/realms/mcp/clients/{caller}/protocol-mappers/models",
-        body={
-            "name": "mcp-server-audience",
-            "protocol": "openid-connect",
-            "protocolMapper": "oidc-audience-mapper",
-            "config": {
-                "included.client.audience": audience,
-                "access.token.claim": "true",
-                "introspection.token.claim": "true",
-            },
-        },
-    )
+    admin.add_audience_mapper("mcp", "mcp-caller", audience)
     token_endpoint = f"{keycloak.url}/realms/mcp/protocol/openid-connect/token"
     return str(client_credentials_token(token_endpoint, "mcp-caller", secret)["access_token"])
 
@@ -227,6 +213,16 @@ def test_compose_stack_registers_serves_and_reuses_the_client(
     up(stack, admin)
     assert json.loads(creds.read_text())["client_id"] == data["client_id"]
     assert admin.count_clients("mcp") == clients
+
+
+def test_keycloak_healthcheck_passes_against_a_ready_keycloak(keycloak: KeycloakServer) -> None:
+    """The keycloak service's healthcheck (no curl: bash /dev/tcp) succeeds on a ready management port."""
+    check = yaml.safe_load(COMPOSE.read_text())["services"]["keycloak"]["healthcheck"]["test"]
+    assert check[0] == "CMD"
+    argv = [arg.replace("127.0.0.1/9000", f"127.0.0.1/{keycloak.management_port}") for arg in check[1:]]
+    assert subprocess.run(argv, timeout=10, check=False).returncode == 0
+    closed = [arg.replace("127.0.0.1/9000", f"127.0.0.1/{free_port()}") for arg in check[1:]]
+    assert subprocess.run(closed, timeout=10, check=False, stderr=subprocess.DEVNULL).returncode != 0
 
 
 def test_broken_wiring_fails_the_flow(stack: Stack, admin: Admin) -> None:

@@ -74,7 +74,7 @@ def test_keycloak_started_20_s_after_the_bootstrap_is_waited_for(tmp_path: Path)
                 break
         assert bootstrap.poll() is None, "".join(lines)
         server.start()
-        server.admin()._call("POST", "/admin/realms", body={"realm": realm, **REALM_WITH_LOOPBACK_TRUSTED})
+        server.admin().import_realm({"realm": realm, **REALM_WITH_LOOPBACK_TRUSTED})
         lines += list(bootstrap.stderr)
         assert bootstrap.wait(timeout=120) == 0, "".join(lines[-5:])
         data = json.loads(Path(env["DCR_CLIENT_FILE"]).read_text())

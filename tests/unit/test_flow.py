@@ -173,3 +173,25 @@ async def test_server_without_management_reregisters_on_rejected_credentials(
     http.post(REG, status=201, payload=client_info(client_id="cid-2"))
     outcome = await flow.run(settings)
     assert (outcome.action, outcome.registration.client_id) == ("registered", "cid-2")
+
+
+async def test_tls_failure_is_not_retried_and_names_the_ca_setting(http: aioresponses, tmp_path: Path) -> None:
+    """A certificate error will not heal: ConfigError at once, naming DCR_CA_BUNDLE."""
+    import ssl
+
+    from aiohttp import ClientSSLError
+
+    from bootstrap.errors import ConfigError
+
+    http.get(RFC8414, exception=ClientSSLError(None, ssl.SSLError("certificate verify failed")))  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="DCR_CA_BUNDLE"):
+        await flow.run(make_settings(tmp_path, dcr_wait_timeout=60))
+
+
+async def test_connection_refused_is_retried_until_the_deadline(http: aioresponses, tmp_path: Path) -> None:
+    """Connection errors are retried; after the deadline the error says what to check."""
+    from aiohttp import ClientConnectionError
+
+    http.get(RFC8414, exception=ClientConnectionError("refused"), repeat=True)
+    with pytest.raises(ServerNotReady, match="DCR_WAIT_TIMEOUT"):
+        await flow.run(make_settings(tmp_path, dcr_wait_timeout=0.2))
