@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import ssl
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -19,10 +20,12 @@ import aiohttp
 
 from . import __version__
 from .errors import ConfigError, MalformedResponse, ServerResponseError, Unavailable
+from .log import get_logger
 from .settings import Settings
 
 # Statuses that mean "the request was not processed, try again later". 500 is not among them
 # for non-idempotent requests: the server may have created the client before failing.
+log = get_logger()
 NOT_PROCESSED = frozenset({429, 502, 503, 504})
 
 
@@ -115,6 +118,7 @@ class Transport:
         if basic:
             headers["Authorization"] = "Basic " + base64.b64encode(f"{basic[0]}:{basic[1]}".encode()).decode()
         target = self.wire_url(url)
+        started = time.monotonic()
         try:
             async with self._session.request(
                 method,
@@ -144,6 +148,8 @@ class Transport:
                     "acted on it. Check the server's clients, then run again."
                 ) from None
             raise Unavailable(f"{method} {target}: {reason}") from None
+        # Method, URL, status and time only: headers and bodies carry secrets.
+        log.debug("HTTP", method=method, url=target, status=status, ms=round((time.monotonic() - started) * 1000))
         if (status >= 500 or status == 429) and (idempotent or status in NOT_PROCESSED):
             raise Unavailable(
                 f"{method} {target} answered HTTP {status}",

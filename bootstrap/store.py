@@ -44,9 +44,9 @@ def write_private(path: Path, data: bytes) -> None:
     # A random name: in containers the PID repeats across runs, so a PID-named leftover would block O_EXCL.
     tmp = directory / f".{path.name}.{secrets.token_hex(6)}.tmp"
     try:
+        # Created 0600 (a umask can only narrow it): private from its first byte, no chmod afterwards.
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
-            os.fchmod(fd, 0o600)  # the umask can only narrow O_CREAT's mode; make the intent exact
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]

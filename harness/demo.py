@@ -15,6 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from bootstrap import store
 from harness.keycloak import KeycloakServer, client_credentials_token
 
 
@@ -32,16 +33,24 @@ def main() -> int:
     _step("Starting Keycloak (official distribution, loopback only)")
     server = KeycloakServer().start()
     try:
-        admin = server.admin()
-        realm = admin.create_realm("mcp")
+        return bring_up(server)
+    finally:
+        _step("Stopping Keycloak")
+        server.stop()
+
+
+def bring_up(server: KeycloakServer, realm_name: str = "mcp", workdir: Path | None = None) -> int:
+    """Everything after Keycloak is up (the test suite runs this against its own Keycloak)."""
+    admin = server.admin()
+    realm = admin.create_realm(realm_name)
+    try:
         token = admin.mint_initial_access_token(realm, count=1, expiration=600)
-        workdir = Path(tempfile.mkdtemp(prefix="dcr-demo-"))
+        workdir = workdir or Path(tempfile.mkdtemp(prefix="dcr-demo-"))
         token_file = workdir / "initial_access_token"
-        token_file.write_text(token)
-        token_file.chmod(0o600)
+        store.write_private(token_file, token.encode())
         creds = workdir / "shared" / ".dcr_client.json"
         env = {
-            "PATH": os.environ.get("PATH", ""),
+            "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
             "HOME": str(workdir),
             "KEYCLOAK_URL": server.url,
             "KEYCLOAK_REALM": realm,
@@ -72,8 +81,7 @@ def main() -> int:
         )
         return 0
     finally:
-        _step("Stopping Keycloak")
-        server.stop()
+        admin.delete_realm(realm)
 
 
 if __name__ == "__main__":
