@@ -322,3 +322,27 @@ def test_admin_api_refuses_unknown_client(admin: Admin, realm: str) -> None:
     """The harness's admin helper raises for a client that does not exist."""
     with pytest.raises(AdminError):
         admin.delete_client(realm, "no-such-client")
+
+
+def test_two_replicas_sharing_a_volume_register_one_client(
+    admin: Admin, realm: str, env: dict[str, str], creds_file: Path
+) -> None:
+    """Two runs started together on one credentials file: the lock makes one register, the other reload."""
+    import subprocess
+    import sys
+
+    env["DCR_INITIAL_ACCESS_TOKEN"] = admin.mint_initial_access_token(realm, count=2)
+    before = admin.count_clients(realm)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "bootstrap"], env=env, cwd=env["HOME"], stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
+    outputs = [proc.communicate(timeout=120)[1] for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0], outputs
+    actions = sorted(
+        json.loads(line)["action"] for out in outputs for line in out.splitlines() if '"Credentials written"' in line
+    )
+    assert actions == ["registered", "reloaded"]
+    assert admin.count_clients(realm) == before + 1
