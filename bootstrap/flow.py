@@ -219,7 +219,8 @@ def _handle_gone(settings: Settings, saved: SavedRegistration) -> None:
 async def _static(transport: Transport, settings: Settings, server: ServerMetadata, policy: RetryPolicy) -> Outcome:
     if not server.token_endpoint:
         raise DiscoveryError(
-            f"The server {server.issuer} advertises no token_endpoint; static credentials cannot be checked."
+            f"The server {server.issuer} advertises no token_endpoint, so static credentials cannot be "
+            "checked; check that KEYCLOAK_URL/DCR_ISSUER name the authorization server."
         )
     client_id = settings.keycloak_client_id
     secret = settings.keycloak_client_secret

@@ -6,8 +6,12 @@ server's error description has a known remedy, and fall back to the generic RFC 
 
 from __future__ import annotations
 
-from ._http import Transport
+from typing import TYPE_CHECKING
+
 from .errors import CredentialsRejected, RegistrationRejected
+
+if TYPE_CHECKING:  # a type only: settings imports this module for the issuer layout
+    from ._http import Transport
 
 # (substring of Keycloak's error_description, what to do)
 _HINTS: tuple[tuple[str, str], ...] = (
@@ -53,6 +57,7 @@ def hint_for(description: str | None) -> str | None:
 
 
 def issuer(base_url: str, realm: str) -> str:
+    """Keycloak's issuer layout: one realm is one authorization server."""
     return f"{base_url.rstrip('/')}/realms/{realm}"
 
 

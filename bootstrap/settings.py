@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from . import keycloak
 from .errors import ConfigError
 
 CsvList = Annotated[list[str], NoDecode]
@@ -132,7 +133,7 @@ class Settings(BaseSettings):
         if self.dcr_issuer:
             return self.dcr_issuer
         assert self.keycloak_url and self.keycloak_realm  # guaranteed by check()
-        return f"{self.keycloak_url}/realms/{self.keycloak_realm}"
+        return keycloak.issuer(self.keycloak_url, self.keycloak_realm)
 
     @property
     def public_base(self) -> str:
