@@ -23,10 +23,11 @@ from .errors import ConfigError, MalformedResponse, ServerResponseError, Unavail
 from .log import get_logger
 from .settings import Settings
 
-# Statuses that mean "the request was not processed, try again later". 500 is not among them
-# for non-idempotent requests: the server may have created the client before failing.
 log = get_logger()
-NOT_PROCESSED = frozenset({429, 502, 503, 504})
+
+# Statuses that mean "not processed, try again later". 500, 502 and 504 are not among them:
+# behind them the server (or the upstream of a gateway) may have created the client already.
+NOT_PROCESSED = frozenset({429, 503})
 
 
 @dataclass(frozen=True)
