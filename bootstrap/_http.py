@@ -155,6 +155,5 @@ class Transport:
             raise Unavailable(
                 f"{method} {target} answered HTTP {status}",
                 retry_after=retry_after(resp_headers.get("retry-after")),
-                status=status,
             )
         return Response(status=status, url=url, headers=resp_headers, body=body)

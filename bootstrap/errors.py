@@ -89,11 +89,10 @@ class Unavailable(Exception):
     ``ServerNotReady`` when the deadline passes.
     """
 
-    def __init__(self, reason: str, *, retry_after: float | None = None, status: int | None = None) -> None:
+    def __init__(self, reason: str, *, retry_after: float | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
         self.retry_after = retry_after
-        self.status = status
 
 
 class ServerResponseError(BootstrapError):

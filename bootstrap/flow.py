@@ -53,12 +53,13 @@ async def run(settings: Settings) -> Outcome:
         saved = store.load(settings.dcr_client_file)
         async with Transport(settings) as transport:
             server = await discovery.discover(transport, settings.expected_issuer, policy)
+            run = _Run(transport, settings, server, policy, ClientMetadata.from_settings(settings))
             if not settings.use_dcr:
-                return await _static(transport, settings, server, policy)
+                return await _static(run)
             endpoint = discovery.require_registration_endpoint(server)
             logger.info("Discovered DCR endpoint", endpoint=endpoint, issuer=server.issuer)
             if saved is not None and _belongs_to(saved, server, endpoint):
-                outcome = await _reload(transport, settings, server, policy, saved)
+                outcome = await _reload(run, saved)
                 if outcome is not None:
                     return outcome
             elif saved is not None:
@@ -67,7 +68,7 @@ async def run(settings: Settings) -> Outcome:
                     saved_issuer=saved.issuer,
                     issuer=server.issuer,
                 )
-            return await _register(transport, settings, server, endpoint, policy)
+            return await _register(run, endpoint)
 
 
 def _belongs_to(saved: SavedRegistration, server: ServerMetadata, endpoint: str) -> bool:
@@ -109,13 +110,24 @@ def _save(settings: Settings, saved: SavedRegistration) -> None:
     store.save(settings.dcr_client_file, saved, settings.dcr_env_file)
 
 
-async def _register(
-    transport: Transport, settings: Settings, server: ServerMetadata, endpoint: str, policy: RetryPolicy
-) -> Outcome:
-    wanted = ClientMetadata.from_settings(settings)
-    iat = settings.dcr_initial_access_token.get_secret_value() if settings.dcr_initial_access_token else None
+@dataclass(frozen=True)
+class _Run:
+    """What every step of one run needs, fixed once the server is discovered."""
+
+    transport: Transport
+    settings: Settings
+    server: ServerMetadata
+    policy: RetryPolicy
+    wanted: ClientMetadata
+
+
+async def _register(run: _Run, endpoint: str) -> Outcome:
+    secret = run.settings.dcr_initial_access_token
+    iat = secret.get_secret_value() if secret else None
     try:
-        info = await call(policy, "registration", lambda: registration.register(transport, endpoint, wanted, iat))
+        info = await call(
+            run.policy, "registration", lambda: registration.register(run.transport, endpoint, run.wanted, iat)
+        )
     except RegistrationRejected as exc:
         logger.error(
             "Failed to register client",
@@ -124,79 +136,77 @@ async def _register(
             error_description=exc.description,
         )
         raise
-    saved = _merge(info, server, None, wanted.fingerprint)
-    _save(settings, saved)
-    logger.info("Successfully registered client", client_id=saved.client_id, client_name=wanted.client_name)
+    saved = _merge(info, run.server, None, run.wanted.fingerprint)
+    _save(run.settings, saved)
+    logger.info("Successfully registered client", client_id=saved.client_id, client_name=run.wanted.client_name)
     return Outcome("registered", saved)
 
 
-async def _reload(
-    transport: Transport,
-    settings: Settings,
-    server: ServerMetadata,
-    policy: RetryPolicy,
-    saved: SavedRegistration,
-) -> Outcome | None:
+async def _reload(run: _Run, saved: SavedRegistration) -> Outcome | None:
     """Check the saved registration; None means 'gone, register again'."""
-    wanted = ClientMetadata.from_settings(settings)
-    if not saved.manageable:
-        return await _reload_unmanaged(transport, settings, server, policy, saved)
-    assert saved.registration_client_uri and saved.registration_access_token
-    uri = saved.registration_client_uri
+    uri, token = saved.registration_client_uri, saved.registration_access_token
+    if uri is None or token is None:
+        return await _reload_unmanaged(run, saved)
     try:
         info = await call(
-            policy,
-            "registration read",
-            lambda: registration.read(transport, uri, saved.registration_access_token.get_secret_value()),  # type: ignore[union-attr]
+            run.policy, "registration read", lambda: registration.read(run.transport, uri, token.get_secret_value())
         )
     except ClientGone:
-        _handle_gone(settings, saved)
+        if run.settings.dcr_on_missing_client == "fail":
+            raise
+        logger.warning("Saved client no longer exists; registering again", client_id=saved.client_id)
         return None
     # Servers may rotate the registration access token on any call: keep what came back, first.
-    current = _merge(info, server, saved, saved.metadata_fingerprint)
-    _save(settings, current)
-    if current.metadata_fingerprint == wanted.fingerprint:
+    current = _merge(info, run.server, saved, saved.metadata_fingerprint)
+    _save(run.settings, current)
+    if current.metadata_fingerprint == run.wanted.fingerprint:
         logger.info("Loaded registration for client", client_id=current.client_id)
         return Outcome("reloaded", current)
-    token = current.registration_access_token
-    assert token is not None
+    new_token = current.registration_access_token
+    assert new_token is not None  # _merge keeps the saved one when the server sends none
     info = await call(
-        policy,
+        run.policy,
         "registration update",
-        lambda: registration.update(transport, uri, token.get_secret_value(), info, wanted),
+        lambda: registration.update(run.transport, uri, new_token.get_secret_value(), info, run.wanted),
     )
-    updated = _merge(info, server, current, wanted.fingerprint)
-    _save(settings, updated)
+    updated = _merge(info, run.server, current, run.wanted.fingerprint)
+    _save(run.settings, updated)
     logger.info("Updated registration for client", client_id=updated.client_id)
     return Outcome("updated", updated)
 
 
-async def _reload_unmanaged(
-    transport: Transport,
-    settings: Settings,
-    server: ServerMetadata,
-    policy: RetryPolicy,
-    saved: SavedRegistration,
-) -> Outcome | None:
-    """No RFC 7592 management: prove the saved credentials with a token request instead."""
-    if server.token_endpoint is None or saved.client_secret is None:
-        _handle_gone(settings, saved)
-        return None
-    endpoint, secret = server.token_endpoint, saved.client_secret.get_secret_value()
-    try:
-        await call(
-            policy,
-            "token request",
-            lambda: tokens.client_credentials(
-                transport,
-                endpoint,
-                saved.client_id,
-                secret,
-                auth_method=settings.dcr_token_endpoint_auth_method,
-            ),
+async def _prove(run: _Run, client_id: str, secret: str) -> str:
+    """A client_credentials token request with these credentials; returns the token endpoint used."""
+    endpoint = run.server.token_endpoint
+    if not endpoint:
+        raise DiscoveryError(
+            f"The server {run.server.issuer} advertises no token_endpoint, so client credentials cannot be "
+            "checked; check that KEYCLOAK_URL/DCR_ISSUER name the authorization server."
         )
+    await call(
+        run.policy,
+        "token request",
+        lambda: tokens.client_credentials(
+            run.transport,
+            endpoint,
+            client_id,
+            secret,
+            auth_method=run.settings.dcr_token_endpoint_auth_method,
+            scope=run.settings.dcr_scope,
+        ),
+    )
+    return endpoint
+
+
+async def _reload_unmanaged(run: _Run, saved: SavedRegistration) -> Outcome | None:
+    """No RFC 7592 management: prove the saved credentials with a token request instead."""
+    if saved.client_secret is None:
+        _handle_gone(run.settings, saved)
+        return None
+    try:
+        await _prove(run, saved.client_id, saved.client_secret.get_secret_value())
     except CredentialsRejected as exc:
-        if settings.dcr_on_missing_client == "fail":
+        if run.settings.dcr_on_missing_client == "fail":
             raise
         logger.warning("Saved client credentials rejected; registering again", error=exc.error_code)
         return None
@@ -210,43 +220,25 @@ def _handle_gone(settings: Settings, saved: SavedRegistration) -> None:
             status=401,
             error="invalid_token",
             description=None,
-            what=f"The saved client {saved.client_id} no longer exists on the server",
+            what=f"The saved client {saved.client_id} can no longer be checked or used",
             hint="Set DCR_ON_MISSING_CLIENT=register to register a new one, or restore the client.",
         )
     logger.warning("Saved client no longer exists; registering again", client_id=saved.client_id)
 
 
-async def _static(transport: Transport, settings: Settings, server: ServerMetadata, policy: RetryPolicy) -> Outcome:
-    if not server.token_endpoint:
-        raise DiscoveryError(
-            f"The server {server.issuer} advertises no token_endpoint, so static credentials cannot be "
-            "checked; check that KEYCLOAK_URL/DCR_ISSUER name the authorization server."
-        )
-    client_id = settings.keycloak_client_id
-    secret = settings.keycloak_client_secret
+async def _static(run: _Run) -> Outcome:
+    client_id, secret = run.settings.keycloak_client_id, run.settings.keycloak_client_secret
     assert client_id and secret  # Settings.check()
-    token_endpoint = server.token_endpoint
-    await call(
-        policy,
-        "token request",
-        lambda: tokens.client_credentials(
-            transport,
-            token_endpoint,
-            client_id,
-            secret.get_secret_value(),
-            auth_method=settings.dcr_token_endpoint_auth_method,
-            scope=settings.dcr_scope,
-        ),
-    )
+    token_endpoint = await _prove(run, client_id, secret.get_secret_value())
     saved = SavedRegistration(
         client_id=client_id,
         client_secret=secret,
         registered_at=hostname(),
-        issuer=server.issuer,
-        token_endpoint=server.token_endpoint,
+        issuer=run.server.issuer,
+        token_endpoint=token_endpoint,
         mode="static",
     )
-    _save(settings, saved)
+    _save(run.settings, saved)
     logger.info("Static credentials verified", client_id=client_id)
     return Outcome("static", saved)
 
@@ -259,18 +251,14 @@ async def delete(settings: Settings) -> bool:
         if saved is None:
             raise StorageError(f"No saved registration at {settings.dcr_client_file}; nothing to delete.")
         existed = False
-        if saved.manageable:
-            assert saved.registration_client_uri and saved.registration_access_token
+        uri, token = saved.registration_client_uri, saved.registration_access_token
+        if uri is not None and token is not None:
             async with Transport(settings) as transport:
                 try:
                     await call(
                         policy_for(settings),
                         "registration delete",
-                        lambda: registration.delete(
-                            transport,
-                            saved.registration_client_uri,  # type: ignore[arg-type]
-                            saved.registration_access_token.get_secret_value(),  # type: ignore[union-attr]
-                        ),
+                        lambda: registration.delete(transport, uri, token.get_secret_value()),
                     )
                     existed = True
                 except ClientGone:

@@ -24,8 +24,6 @@ class ServerMetadata(BaseModel):
     issuer: str
     token_endpoint: str | None = None
     registration_endpoint: str | None = None
-    token_endpoint_auth_methods_supported: list[str] | None = None
-    grant_types_supported: list[str] | None = None
 
 
 class ClientMetadata(BaseModel):
@@ -80,7 +78,6 @@ class ClientInformation(BaseModel):
     client_id: str = Field(min_length=1)
     client_secret: SecretStr | None = None
     client_secret_expires_at: int | None = None
-    client_id_issued_at: int | None = None
     registration_access_token: SecretStr | None = None
     registration_client_uri: str | None = None
     token_endpoint_auth_method: str | None = None
@@ -126,7 +123,3 @@ class SavedRegistration(BaseModel):
         for key in ("client_secret", "registration_access_token"):
             data[key] = "**********" if getattr(self, key) is not None else None
         return data
-
-    @property
-    def manageable(self) -> bool:
-        return bool(self.registration_client_uri and self.registration_access_token)

@@ -83,7 +83,7 @@ def test_seed_written_file_loads(tmp_path: Path) -> None:
         )
     )
     loaded = store.load(path)
-    assert loaded is not None and loaded.manageable
+    assert loaded is not None and loaded.registration_client_uri and loaded.registration_access_token
 
 
 def test_corrupt_file_is_a_storage_error_that_says_what_to_do(tmp_path: Path) -> None:
