@@ -119,7 +119,5 @@ class SavedRegistration(BaseModel):
         return data
 
     def redacted(self) -> dict[str, Any]:
-        data = self.model_dump()
-        for key in ("client_secret", "registration_access_token"):
-            data[key] = "**********" if getattr(self, key) is not None else None
-        return data
+        """What ``show`` prints: pydantic renders each SecretStr as '**********' in JSON mode."""
+        return self.model_dump(mode="json")
