@@ -1,10 +1,12 @@
-# syntax=docker/dockerfile:1
 # dcr-bootstrap: an init container that registers an OAuth client by DCR and writes its credentials.
 
 ARG PYTHON_IMAGE=python:3.12-slim-bookworm
 
 # --- build: a virtualenv with the pinned runtime set and the package; compilers never reach the final image
 FROM ${PYTHON_IMAGE} AS build
+# pip's index settings come from the build environment (e.g. --build-arg PIP_INDEX_URL) and stay in this stage.
+ARG PIP_INDEX_URL
+ARG PIP_TRUSTED_HOST
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
 RUN python -m venv /opt/dcr-bootstrap
@@ -37,5 +39,6 @@ RUN groupadd --system --gid 10001 dcr \
  && install -d -o 10001 -g 10001 -m 0700 /var/lib/dcr
 USER 10001:10001
 WORKDIR /var/lib/dcr
-VOLUME ["/var/lib/dcr"]
+# No VOLUME: it would give every service that does not mount /var/lib/dcr an anonymous volume that
+# `down -v` never removes. Mount a named volume there (compose) or an emptyDir (Kubernetes).
 ENTRYPOINT ["/usr/local/bin/entrypoint.sh"]
