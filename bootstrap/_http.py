@@ -3,6 +3,8 @@
 aiohttp and asyncio errors are translated here, once, into ``Unavailable`` (may heal: the retry
 policy decides) so that the protocol modules only ever see a status, headers and a body.
 The split-horizon mapping also lives here: URLs under the public base go to the internal one.
+Every server is treated as one that may lie: bodies are capped (compressed ones too), no attempt
+outlives the run's deadline, and a secret is only ever sent to an origin the operator trusts.
 """
 
 from __future__ import annotations
@@ -11,23 +13,28 @@ import base64
 import json
 import ssl
 import time
+import zlib
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 
 from . import __version__
 from .errors import ConfigError, MalformedResponse, ServerResponseError, Unavailable
-from .log import get_logger
-from .settings import Settings
+from .log import get_logger, register_basic
+from .settings import origin
 
 log = get_logger()
 
 # Statuses that mean "not processed, try again later". 500, 502 and 504 are not among them:
 # behind them the server (or the upstream of a gateway) may have created the client already.
 NOT_PROCESSED = frozenset({429, 503})
+# No metadata, registration or token response comes near this; a larger one is a broken or hostile server.
+MAX_BODY = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -57,7 +64,7 @@ class Response:
             return None, None
         if not isinstance(body, dict):
             return None, None
-        error, description = body.get("error"), body.get("error_description") or body.get("errorMessage")
+        error, description = body.get("error"), body.get("error_description")
         return (error if isinstance(error, str) else None), (description if isinstance(description, str) else None)
 
 
@@ -76,18 +83,31 @@ def retry_after(value: str | None) -> float | None:
 
 
 class Transport:
-    def __init__(self, settings: Settings) -> None:
-        self._public = settings.public_base if settings.dcr_internal_url else None
-        self._internal = settings.dcr_internal_url
-        self._timeout = aiohttp.ClientTimeout(total=settings.dcr_attempt_timeout)
-        self._ssl: ssl.SSLContext | bool = True
-        if settings.dcr_ca_bundle:
-            self._ssl = ssl.create_default_context(cafile=str(settings.dcr_ca_bundle))
+    """An aiohttp session with the run's rules: split horizon, trusted origins, caps and the deadline."""
+
+    def __init__(
+        self,
+        *,
+        attempt_timeout: float,
+        remaining: Callable[[], float] | None = None,
+        tls: ssl.SSLContext | None = None,
+        public_base: str | None = None,
+        internal_base: str | None = None,
+        secret_origins: Collection[str] = (),
+    ) -> None:
+        self._attempt_timeout = attempt_timeout
+        self._remaining = remaining
+        self._ssl: ssl.SSLContext | bool = tls if tls is not None else True
+        self._public = public_base if internal_base else None
+        self._internal = internal_base
+        self._secret_origins = frozenset(secret_origins)
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> Transport:
+        # auto_decompress off: a 1 MB gzip bomb must not become gigabytes; _decode caps what we inflate.
         self._session = aiohttp.ClientSession(
-            timeout=self._timeout, headers={"User-Agent": f"dcr-bootstrap/{__version__}"}
+            headers={"User-Agent": f"dcr-bootstrap/{__version__}", "Accept-Encoding": "gzip, deflate"},
+            auto_decompress=False,
         )
         return self
 
@@ -101,6 +121,24 @@ class Transport:
             return self._internal + url[len(self._public) :]
         return url
 
+    def check_secret_url(self, url: str, what: str) -> None:
+        """Refuse, before sending, a secret to anything but the issuer's origin (or one the operator trusts)."""
+        if not is_absolute_http(url):
+            raise ServerResponseError(f"The server's {what} is not an absolute http(s) URL; nothing was sent to it.")
+        if origin(url) not in self._secret_origins and origin(self.wire_url(url)) not in self._secret_origins:
+            raise ServerResponseError(
+                f"The server's {what} {url} is outside the issuer's origin; its secret was not sent. If that "
+                "host really belongs to the authorization server, add its origin to DCR_TRUSTED_ORIGINS."
+            )
+
+    def _timeout(self) -> aiohttp.ClientTimeout:
+        budget = self._attempt_timeout
+        if self._remaining is not None:
+            budget = min(budget, self._remaining())
+        if budget <= 0:
+            raise Unavailable("no time left before DCR_WAIT_TIMEOUT", out_of_time=True)
+        return aiohttp.ClientTimeout(total=budget)
+
     async def request(
         self,
         method: str,
@@ -111,13 +149,20 @@ class Transport:
         form: dict[str, str] | None = None,
         basic: tuple[str, str] | None = None,
         idempotent: bool = True,
+        budget: float | None = None,
     ) -> Response:
+        """One attempt. ``budget`` (seconds) overrides the deadline-bound budget (clean-up after a failure)."""
         assert self._session is not None, "use 'async with Transport(...)'"
         headers = {"Accept": "application/json"}
+        if bearer or basic:
+            self.check_secret_url(url, "token endpoint" if basic else "URL")
         if bearer:
             headers["Authorization"] = f"Bearer {bearer}"
         if basic:
+            register_basic(*basic)
             headers["Authorization"] = "Basic " + base64.b64encode(f"{basic[0]}:{basic[1]}".encode()).decode()
+        if not is_absolute_http(url):
+            raise ServerResponseError(f"{url!r} named by the server is not an absolute http(s) URL; nothing was sent.")
         target = self.wire_url(url)
         started = time.monotonic()
         try:
@@ -129,10 +174,11 @@ class Transport:
                 data=form,
                 ssl=self._ssl,
                 allow_redirects=False,
+                timeout=aiohttp.ClientTimeout(total=budget) if budget else self._timeout(),
             ) as resp:
-                body = await resp.read()
                 status = resp.status
                 resp_headers = {k.lower(): v for k, v in resp.headers.items()}
+                body = await _read_capped(resp, target)
         except (aiohttp.ClientConnectorCertificateError, aiohttp.ClientSSLError) as exc:
             # A certificate problem does not heal by waiting: stop at once and say what to set.
             raise ConfigError(
@@ -140,7 +186,9 @@ class Transport:
                 "DCR_CA_BUNDLE=/path/to/ca.pem, or fix the URL."
             ) from None
         except aiohttp.ClientConnectorError as exc:
-            raise Unavailable(f"cannot connect to {target}: {exc.os_error.strerror or exc}") from None
+            raise Unavailable(f"cannot connect to {target}: {exc.os_error.strerror or exc}", connect=True) from None
+        except aiohttp.InvalidURL:
+            raise ServerResponseError(f"{target} is not a valid URL; nothing was sent to it.") from None
         except (aiohttp.ClientError, TimeoutError) as exc:
             reason = "timed out" if isinstance(exc, TimeoutError) else type(exc).__name__
             if not idempotent:
@@ -157,3 +205,38 @@ class Transport:
                 retry_after=retry_after(resp_headers.get("retry-after")),
             )
         return Response(status=status, url=url, headers=resp_headers, body=body)
+
+
+def is_absolute_http(url: str) -> bool:
+    parts = urlsplit(url)
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
+async def _read_capped(resp: aiohttp.ClientResponse, url: str) -> bytes:
+    """The body, at most MAX_BODY bytes after decoding; more is a MalformedResponse, never memory."""
+    raw = bytearray()
+    async for chunk in resp.content.iter_chunked(64 * 1024):
+        raw += chunk
+        if len(raw) > MAX_BODY:
+            raise _too_large(url)
+    encoding = resp.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding in ("", "identity"):
+        return bytes(raw)
+    if encoding not in ("gzip", "x-gzip", "deflate"):
+        raise MalformedResponse(f"{url} answered with Content-Encoding {encoding!r}, which we did not ask for.")
+    # wbits 47 reads gzip and zlib; raw deflate (what some servers send as "deflate") needs -15.
+    inflater = zlib.decompressobj(47 if bytes(raw[:1]) in (b"\x1f", b"\x78") else -15)
+    try:
+        body = inflater.decompress(bytes(raw), MAX_BODY + 1)
+    except zlib.error:
+        raise MalformedResponse(f"{url} answered with a body that does not decompress.") from None
+    if len(body) > MAX_BODY or inflater.unconsumed_tail:
+        raise _too_large(url)
+    return body
+
+
+def _too_large(url: str) -> MalformedResponse:
+    return MalformedResponse(
+        f"{url} answered with a body larger than {MAX_BODY // 1024} KiB; nothing was read past that. "
+        "Check that the URL points at the authorization server."
+    )

@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import os
 import shlex
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import NoReturn
 
 from . import __version__, flow, keycloak, log, store
-from ._http import Transport
-from .errors import BootstrapError, ConfigError, ExitCode
+from .errors import BootstrapError, ConfigError, ExitCode, StorageError
+from .models import SavedRegistration
 from .settings import Settings, load_settings
+from .wait import Deadline
 
 logger = log.get_logger()
 
@@ -75,10 +78,15 @@ async def _watch(settings: Settings, args: argparse.Namespace) -> None:
             return
 
 
-async def _env(settings: Settings, _: argparse.Namespace) -> None:
+def _saved(settings: Settings) -> SavedRegistration:
     saved = store.load(settings.dcr_client_file)
     if saved is None:
-        raise ConfigError(f"No saved registration at {settings.dcr_client_file}; run 'dcr-bootstrap' first.")
+        raise StorageError(f"No saved registration at {settings.dcr_client_file}; run 'dcr-bootstrap' first.")
+    return saved
+
+
+async def _env(settings: Settings, _: argparse.Namespace) -> None:
+    saved = _saved(settings)
     secret = saved.client_secret.get_secret_value() if saved.client_secret else ""
     sys.stdout.write(
         f"export KEYCLOAK_CLIENT_ID={shlex.quote(saved.client_id)}\n"
@@ -92,10 +100,7 @@ async def _wait(settings: Settings, _: argparse.Namespace) -> None:
 
 
 async def _show(settings: Settings, _: argparse.Namespace) -> None:
-    saved = store.load(settings.dcr_client_file)
-    if saved is None:
-        raise ConfigError(f"No saved registration at {settings.dcr_client_file}; run 'dcr-bootstrap' first.")
-    print(json.dumps(saved.redacted(), indent=2))
+    print(json.dumps(_saved(settings).redacted(), indent=2))
 
 
 async def _delete(settings: Settings, _: argparse.Namespace) -> None:
@@ -110,19 +115,19 @@ async def _initial_token(settings: Settings, args: argparse.Namespace) -> None:
             "initial-token needs KEYCLOAK_ADMIN_USERNAME and KEYCLOAK_ADMIN_PASSWORD "
             "(or KEYCLOAK_ADMIN_PASSWORD_FILE); set both."
         )
-    log.register_secret(settings.keycloak_admin_password.get_secret_value())
-    async with Transport(settings) as transport:
-        admin = await keycloak.admin_token(
+    if args.output is not None:
+        store.probe_writable(args.output)
+    password = settings.keycloak_admin_password.get_secret_value()
+    log.register_secret(password)
+    deadline = Deadline(settings.dcr_wait_timeout)
+    async with flow.transport_for(settings, deadline) as transport:
+        token = await keycloak.initial_access_token(
             transport,
-            settings.keycloak_url,
-            settings.keycloak_admin_username,
-            settings.keycloak_admin_password.get_secret_value(),
-        )
-        token = await keycloak.mint_initial_access_token(
-            transport,
+            flow.policy_for(settings, deadline),
             settings.keycloak_url,
             settings.keycloak_realm,
-            admin,
+            settings.keycloak_admin_username,
+            password,
             count=args.count,
             expiration=args.expiration,
         )
@@ -162,13 +167,22 @@ async def _with_signals(coro: Awaitable[None]) -> None:
 def run(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     log.configure()
+    settings: Settings | None = None
     try:
         settings = load_settings()
         log.configure(settings.dcr_log_format, settings.dcr_log_level)
         asyncio.run(_with_signals(COMMANDS[args.command or "run"](settings, args)))
     except BootstrapError as exc:
-        logger.error(str(exc), exit_code=int(exc.exit_code), error_type=type(exc).__name__)
+        message = str(exc)
+        if hint := keycloak.hint_for(exc, settings.keycloak_url if settings else None):
+            message = f"{message} Keycloak: {hint}"
+        logger.error(message, exit_code=int(exc.exit_code), error_type=type(exc).__name__)
         return int(exc.exit_code)
+    except BrokenPipeError:
+        # The reader went away ('show | head'): what it wanted it has; say nothing more on that pipe.
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return int(ExitCode.OK)
     except (asyncio.CancelledError, KeyboardInterrupt):
         logger.error("Interrupted; the credentials file was left as it was.", exit_code=int(ExitCode.INTERRUPTED))
         return int(ExitCode.INTERRUPTED)
@@ -181,5 +195,5 @@ def run(argv: Sequence[str] | None = None) -> int:
     return int(ExitCode.OK)
 
 
-def main(argv: Sequence[str] | None = None) -> Any:
+def main(argv: Sequence[str] | None = None) -> NoReturn:
     sys.exit(run(argv))

@@ -6,14 +6,9 @@ from urllib.parse import urlsplit
 
 from pydantic import ValidationError
 
-from . import keycloak
 from ._http import Response, Transport
 from .errors import DiscoveryError, MalformedResponse, Unavailable
-from .log import get_logger
 from .models import ServerMetadata
-from .wait import RetryPolicy, call
-
-log = get_logger()
 
 
 def discovery_urls(issuer: str) -> list[str]:
@@ -79,13 +74,8 @@ async def fetch_metadata(transport: Transport, issuer: str) -> ServerMetadata:
     raise Unavailable(f"no metadata yet at {transport.wire_url(urls[0])} (HTTP 404)")
 
 
-async def discover(transport: Transport, issuer: str, policy: RetryPolicy) -> ServerMetadata:
-    """Wait until the server serves its metadata, then check it."""
-    metadata = await call(
-        policy,
-        "discovery",
-        lambda: fetch_metadata(transport, issuer),
-        hint=keycloak.not_ready_hint(issuer),
-    )
+async def discover(transport: Transport, issuer: str) -> ServerMetadata:
+    """One attempt: fetch the metadata and check that it names the issuer we asked for."""
+    metadata = await fetch_metadata(transport, issuer)
     check_issuer(metadata, issuer)
     return metadata

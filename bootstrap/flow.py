@@ -1,23 +1,41 @@
 """The one orchestrator: wait, discover, reload-or-register (or check static credentials), save.
 
-Every network step shares one deadline (DCR_WAIT_TIMEOUT). The credentials file is locked for the
-whole run and only ever replaced atomically, after the server has answered with something usable.
+Every network step shares one deadline (DCR_WAIT_TIMEOUT) and this module alone decides what is
+retried (``RetryPolicy.call``). The credentials file is locked for the whole run and only ever
+replaced atomically, after the server has answered with something usable and, for a new client,
+after a token request proved it works. No client of ours is left behind by our hand: a new
+registration is written to ``.pending`` the moment it exists, deleted again if the run fails, and
+adopted by the next run if this one is killed. A saved client is called gone only when the server
+rejects its credentials, never merely because its RFC 7592 token stopped working.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Literal
 
 from . import discovery, log, registration, store, tokens
 from ._http import Transport
-from .errors import ClientGone, CredentialsRejected, DiscoveryError, RegistrationRejected, StorageError
-from .models import ClientInformation, ClientMetadata, SavedRegistration, ServerMetadata
+from .errors import (
+    BootstrapError,
+    ClientGone,
+    CredentialsRejected,
+    DiscoveryError,
+    MalformedResponse,
+    RegistrationRejected,
+    StorageError,
+)
+from .models import SECRET_AUTH_METHODS, ClientInformation, ClientMetadata, SavedRegistration, ServerMetadata, is_vschar
 from .settings import Settings, hostname
-from .wait import Deadline, RetryPolicy, call
+from .wait import Deadline, RetryPolicy
 
 logger = log.get_logger()
 Action = Literal["registered", "reloaded", "updated", "static"]
+# Deleting a client we just created must not depend on the time the failed run had left.
+CLEANUP_TIMEOUT = 5.0
 
 
 @dataclass(frozen=True)
@@ -26,9 +44,35 @@ class Outcome:
     registration: SavedRegistration
 
 
-def policy_for(settings: Settings) -> RetryPolicy:
-    return RetryPolicy(
-        Deadline(settings.dcr_wait_timeout), settings.dcr_retry_initial_delay, settings.dcr_retry_max_delay
+def wanted_metadata(settings: Settings) -> ClientMetadata:
+    grants = settings.dcr_grant_types
+    return ClientMetadata(
+        client_name=settings.client_name,
+        grant_types=grants,
+        redirect_uris=settings.dcr_redirect_uris,
+        # RFC 7591 §2.1: response_types follow grant_types; client_credentials needs none.
+        response_types=["code"] if "authorization_code" in grants else [],
+        token_endpoint_auth_method=settings.dcr_token_endpoint_auth_method,
+        scope=settings.dcr_scope,
+        contacts=settings.dcr_contacts or None,
+        software_id=settings.dcr_software_id,
+        software_version=settings.dcr_software_version,
+    )
+
+
+def policy_for(settings: Settings, deadline: Deadline) -> RetryPolicy:
+    return RetryPolicy(deadline, settings.dcr_retry_initial_delay, settings.dcr_retry_max_delay)
+
+
+def transport_for(settings: Settings, deadline: Deadline, issuer: str | None = None) -> Transport:
+    """``issuer`` names the trusted origin when the settings do not (``delete`` trusts the saved issuer)."""
+    return Transport(
+        attempt_timeout=settings.dcr_attempt_timeout,
+        remaining=deadline.remaining,
+        tls=settings.tls_context(),
+        public_base=settings.public_base,
+        internal_base=settings.dcr_internal_url,
+        secret_origins=settings.secret_origins(issuer),
     )
 
 
@@ -39,75 +83,12 @@ def _register_secrets(settings: Settings) -> None:
 
 
 async def wait_for_server(settings: Settings) -> ServerMetadata:
-    settings.check(need_credentials=False)
-    async with Transport(settings) as transport:
-        return await discovery.discover(transport, settings.expected_issuer, policy_for(settings))
-
-
-async def run(settings: Settings) -> Outcome:
-    settings.check()
-    _register_secrets(settings)
-    policy = policy_for(settings)
-    with store.locked(settings.dcr_client_file):
-        # Read the saved file first: an unreadable one fails now, not after waiting for the server.
-        saved = store.load(settings.dcr_client_file)
-        async with Transport(settings) as transport:
-            server = await discovery.discover(transport, settings.expected_issuer, policy)
-            run = _Run(transport, settings, server, policy, ClientMetadata.from_settings(settings))
-            if not settings.use_dcr:
-                return await _static(run)
-            endpoint = discovery.require_registration_endpoint(server)
-            logger.info("Discovered DCR endpoint", endpoint=endpoint, issuer=server.issuer)
-            if saved is not None and _belongs_to(saved, server, endpoint):
-                outcome = await _reload(run, saved)
-                if outcome is not None:
-                    return outcome
-            elif saved is not None:
-                logger.warning(
-                    "Saved registration is for another server; registering anew",
-                    saved_issuer=saved.issuer,
-                    issuer=server.issuer,
-                )
-            return await _register(run, endpoint)
-
-
-def _belongs_to(saved: SavedRegistration, server: ServerMetadata, endpoint: str) -> bool:
-    if saved.mode != "dcr":
-        return False
-    if saved.issuer is not None:
-        return saved.issuer.rstrip("/") == server.issuer.rstrip("/")
-    # A file written by the seed's server has no issuer; its registration URI tells.
-    return bool(saved.registration_client_uri and saved.registration_client_uri.startswith(endpoint))
-
-
-def _merge(
-    info: ClientInformation,
-    server: ServerMetadata,
-    previous: SavedRegistration | None,
-    fingerprint: str | None,
-) -> SavedRegistration:
-    """New state from a server answer; values a server may omit on read keep their saved value."""
-    return SavedRegistration(
-        client_id=info.client_id,
-        client_secret=info.client_secret or (previous.client_secret if previous else None),
-        registration_access_token=info.registration_access_token
-        or (previous.registration_access_token if previous else None),
-        registration_client_uri=info.registration_client_uri
-        or (previous.registration_client_uri if previous else None),
-        registered_at=(previous.registered_at if previous else None) or hostname(),
-        issuer=server.issuer,
-        token_endpoint=server.token_endpoint,
-        client_secret_expires_at=info.client_secret_expires_at,
-        metadata_fingerprint=fingerprint,
-        mode="dcr",
-    )
-
-
-def _save(settings: Settings, saved: SavedRegistration) -> None:
-    for secret in (saved.client_secret, saved.registration_access_token):
-        if secret is not None:
-            log.register_secret(secret.get_secret_value())
-    store.save(settings.dcr_client_file, saved, settings.dcr_env_file)
+    settings.check_server()
+    deadline = Deadline(settings.dcr_wait_timeout)
+    async with transport_for(settings, deadline) as transport:
+        return await policy_for(settings, deadline).call(
+            "discovery", discovery.discover, transport, settings.expected_issuer
+        )
 
 
 @dataclass(frozen=True)
@@ -121,144 +102,326 @@ class _Run:
     wanted: ClientMetadata
 
 
-async def _register(run: _Run, endpoint: str) -> Outcome:
-    secret = run.settings.dcr_initial_access_token
+async def run(settings: Settings) -> Outcome:
+    settings.check()
+    _register_secrets(settings)
+    deadline = Deadline(settings.dcr_wait_timeout)
+    policy = policy_for(settings, deadline)
+    path, env_file = settings.dcr_client_file, settings.dcr_env_file
+    transport = transport_for(settings, deadline)  # a bad DCR_CA_BUNDLE fails here, before the lock
+    async with store.locked(path, deadline.remaining):
+        store.sweep(path, env_file, store.pending_path(path))
+        # Fail on an unwritable volume or unreadable file now: not after waiting, not after registering.
+        store.probe_writable(path, env_file)
+        saved = store.load(path)
+        pending = store.load_pending(path)
+        async with transport:
+            server = await policy.call("discovery", discovery.discover, transport, settings.expected_issuer)
+            ctx = _Run(transport, settings, server, policy, wanted_metadata(settings))
+            if not settings.use_dcr:
+                return await _static(ctx, saved)
+            endpoint = discovery.require_registration_endpoint(server)
+            logger.info("Discovered DCR endpoint", endpoint=endpoint, issuer=server.issuer)
+            if pending is not None and (adopted := await _adopt(ctx, pending)) is not None:
+                return adopted
+            if saved is not None and _belongs_to(saved, server, endpoint):
+                if (outcome := await _reload(ctx, saved)) is not None:
+                    return outcome
+            elif saved is not None:
+                kept = store.backup(path)
+                logger.warning(
+                    "Saved registration is for another server or mode; kept it as a backup and registering anew",
+                    saved_issuer=saved.issuer,
+                    saved_mode=saved.mode,
+                    issuer=server.issuer,
+                    backup=str(kept),
+                )
+            return await _register(ctx, endpoint)
+
+
+def _belongs_to(saved: SavedRegistration, server: ServerMetadata, endpoint: str) -> bool:
+    if saved.mode != "dcr":
+        return False
+    if saved.issuer is not None:
+        return saved.issuer.rstrip("/") == server.issuer.rstrip("/")
+    # A file written by the seed's server has no issuer; its registration URI tells.
+    return bool(saved.registration_client_uri and saved.registration_client_uri.startswith(endpoint))
+
+
+_CARRIED = ("client_secret", "registration_access_token", "registration_client_uri", "token_endpoint_auth_method")
+
+
+def _merge(
+    info: ClientInformation, server: ServerMetadata, previous: SavedRegistration | None, fingerprint: str | None
+) -> SavedRegistration:
+    """New state from a server answer; values a server may omit on read keep their saved value."""
+    values = {key: getattr(previous, key) for key in _CARRIED} if previous else {}
+    values |= {key: value for key in _CARRIED if (value := getattr(info, key)) is not None}
+    return SavedRegistration(
+        client_id=info.client_id,
+        registered_at=(previous.registered_at if previous else None) or hostname(),
+        issuer=server.issuer,
+        token_endpoint=server.token_endpoint,
+        client_secret_expires_at=info.client_secret_expires_at,
+        metadata_fingerprint=fingerprint,
+        mode="dcr",
+        **values,
+    )
+
+
+def _save(ctx: _Run, saved: SavedRegistration) -> None:
+    for secret in (saved.client_secret, saved.registration_access_token):
+        if secret is not None:
+            log.register_secret(secret.get_secret_value())
+    store.save(ctx.settings.dcr_client_file, saved, ctx.settings.dcr_env_file)
+
+
+# --- a new client ---
+
+
+async def _register(ctx: _Run, endpoint: str) -> Outcome:
+    secret = ctx.settings.dcr_initial_access_token
     iat = secret.get_secret_value() if secret else None
     try:
-        info = await call(
-            run.policy, "registration", lambda: registration.register(run.transport, endpoint, run.wanted, iat)
-        )
+        info = await ctx.policy.call("registration", registration.register, ctx.transport, endpoint, ctx.wanted, iat)
     except RegistrationRejected as exc:
-        logger.error(
-            "Failed to register client",
-            status=exc.status,
-            error=exc.error_code,
-            error_description=exc.description,
-        )
+        # The seed's event, kept for log-based alerts; the CLI's last line carries the remedy.
+        logger.error("Failed to register client", status=exc.status, error=exc.error_code)
         raise
-    saved = _merge(info, run.server, None, run.wanted.fingerprint)
-    _save(run.settings, saved)
-    logger.info("Successfully registered client", client_id=saved.client_id, client_name=run.wanted.client_name)
-    return Outcome("registered", saved)
+    new = _merge(info, ctx.server, None, ctx.wanted.fingerprint)
+    for value in (new.client_secret, new.registration_access_token):
+        if value is not None:
+            log.register_secret(value.get_secret_value())
+    async with _delete_on_failure(ctx, new):
+        # Recorded before anything else can fail: a run killed from here on leaves no orphan.
+        store.save_pending(ctx.settings.dcr_client_file, new)
+        await _finish(ctx, new)
+    logger.info("Successfully registered client", client_id=new.client_id, client_name=ctx.wanted.client_name)
+    return Outcome("registered", new)
 
 
-async def _reload(run: _Run, saved: SavedRegistration) -> Outcome | None:
+async def _adopt(ctx: _Run, pending: SavedRegistration) -> Outcome | None:
+    """A run was interrupted between registering and saving: finish its work instead of registering again."""
+    path = ctx.settings.dcr_client_file
+    if pending.issuer != ctx.server.issuer:
+        kept = store.backup(store.pending_path(path))
+        store.clear_pending(path)
+        logger.warning("Set aside a pending registration for another server", backup=str(kept))
+        return None
+    logger.warning("Finishing a registration that an interrupted run left", client_id=pending.client_id)
+    async with _delete_on_failure(ctx, pending):
+        await _finish(ctx, pending)
+    logger.info("Successfully registered client", client_id=pending.client_id, client_name=ctx.wanted.client_name)
+    return Outcome("registered", pending)
+
+
+async def _finish(ctx: _Run, new: SavedRegistration) -> None:
+    """Check what the server gave us, prove it works, then make it the saved registration."""
+    _check_new(ctx, new)
+    if "client_credentials" in ctx.wanted.grant_types and new.client_secret is not None:
+        await _prove(ctx, new)
+    _save(ctx, new)
+    store.clear_pending(ctx.settings.dcr_client_file)
+
+
+def _check_new(ctx: _Run, new: SavedRegistration) -> None:
+    unsafe = ClientInformation.model_validate(new.to_file()).unsafe_fields()
+    if unsafe:
+        raise MalformedResponse(
+            f"The server issued {', '.join(unsafe)} with characters outside RFC 6749's VSCHAR (control "
+            "characters, line breaks); a compliant server never does, so the credentials were not saved."
+        )
+    if ctx.settings.dcr_env_file is not None:
+        store.env_lines(new)  # refuses values a shell or docker --env-file cannot carry, before any proof
+    asked = ctx.wanted.token_endpoint_auth_method
+    given = new.token_endpoint_auth_method or asked
+    if asked in SECRET_AUTH_METHODS and (given not in SECRET_AUTH_METHODS or new.client_secret is None):
+        raise MalformedResponse(
+            f"The server registered client {new.client_id} with token_endpoint_auth_method {given!r} and "
+            f"{'a' if new.client_secret else 'no'} client_secret, but we asked for {asked}; a client without "
+            "its secret is refused. Check the server's client registration policy."
+        )
+
+
+@contextlib.asynccontextmanager
+async def _delete_on_failure(ctx: _Run, new: SavedRegistration) -> AsyncIterator[None]:
+    """If the run fails after the server created ``new``, delete it (RFC 7592) and say so in the error."""
+    try:
+        yield
+    except (BootstrapError, asyncio.CancelledError) as exc:
+        note = await _delete_new(ctx, new)
+        if isinstance(exc, BootstrapError):
+            exc.add_context(note)
+        else:
+            logger.warning(note, client_id=new.client_id)
+        raise
+
+
+async def _delete_new(ctx: _Run, new: SavedRegistration) -> str:
+    uri, token = new.registration_client_uri, new.registration_access_token
+    path = ctx.settings.dcr_client_file
+    if uri is None or token is None or not is_vschar(token.get_secret_value()):
+        return (
+            f"Client {new.client_id} was created on the server and cannot be deleted by RFC 7592 (no usable "
+            "management token); delete it there by hand."
+        )
+    try:
+        await asyncio.shield(registration.delete(ctx.transport, uri, token.get_secret_value(), budget=CLEANUP_TIMEOUT))
+    except ClientGone:
+        pass
+    except (BootstrapError, Exception) as exc:
+        recorded = store.pending_path(path).exists()
+        return f"Client {new.client_id} was created on the server and could not be deleted ({type(exc).__name__}); " + (
+            f"it is recorded in {store.pending_path(path)}, and the next run finishes or deletes it."
+            if recorded
+            else "delete it there by hand."
+        )
+    with contextlib.suppress(StorageError):
+        store.clear_pending(path)
+    return f"Client {new.client_id} was created on the server and has been deleted again."
+
+
+# --- a saved client ---
+
+
+async def _reload(ctx: _Run, saved: SavedRegistration) -> Outcome | None:
     """Check the saved registration; None means 'gone, register again'."""
     uri, token = saved.registration_client_uri, saved.registration_access_token
     if uri is None or token is None:
-        return await _reload_unmanaged(run, saved)
+        return await _keep_if_working(ctx, saved, None)
     try:
-        info = await call(
-            run.policy, "registration read", lambda: registration.read(run.transport, uri, token.get_secret_value())
+        info = await ctx.policy.call(
+            "registration read", registration.read, ctx.transport, uri, token.get_secret_value()
         )
-    except ClientGone:
-        if run.settings.dcr_on_missing_client == "fail":
-            raise
-        logger.warning("Saved client no longer exists; registering again", client_id=saved.client_id)
-        return None
+    except ClientGone as exc:
+        return await _keep_if_working(ctx, saved, exc)
     # Servers may rotate the registration access token on any call: keep what came back, first.
-    current = _merge(info, run.server, saved, saved.metadata_fingerprint)
-    _save(run.settings, current)
-    if current.metadata_fingerprint == run.wanted.fingerprint:
+    current = _merge(info, ctx.server, saved, saved.metadata_fingerprint)
+    _save(ctx, current)
+    if current.metadata_fingerprint == ctx.wanted.fingerprint:
         logger.info("Loaded registration for client", client_id=current.client_id)
         return Outcome("reloaded", current)
     new_token = current.registration_access_token
     assert new_token is not None  # _merge keeps the saved one when the server sends none
-    info = await call(
-        run.policy,
-        "registration update",
-        lambda: registration.update(run.transport, uri, new_token.get_secret_value(), info, run.wanted),
-    )
-    updated = _merge(info, run.server, current, run.wanted.fingerprint)
-    _save(run.settings, updated)
+    try:
+        info = await ctx.policy.call(
+            "registration update",
+            registration.update,
+            ctx.transport,
+            uri,
+            new_token.get_secret_value(),
+            info,
+            ctx.wanted,
+        )
+    except ClientGone as exc:
+        return await _keep_if_working(ctx, current, exc)
+    updated = _merge(info, ctx.server, current, ctx.wanted.fingerprint)
+    _save(ctx, updated)
     logger.info("Updated registration for client", client_id=updated.client_id)
     return Outcome("updated", updated)
 
 
-async def _prove(run: _Run, client_id: str, secret: str) -> str:
+async def _keep_if_working(ctx: _Run, saved: SavedRegistration, lost: ClientGone | None) -> Outcome | None:
+    """The one place that calls a saved client gone: only when the server rejects its credentials.
+
+    ``lost`` is the RFC 7592 answer that made us ask (None: the server offers no management). A client
+    whose credentials still work is kept, even if its registration token was rotated by an update whose
+    answer we never got: registering again would leave it behind, working, forever.
+    """
+    if await _still_works(ctx, saved):
+        _save(ctx, saved)
+        if lost is not None:
+            logger.warning(
+                "RFC 7592 management of the saved client is lost, but its credentials still work; keeping it",
+                client_id=saved.client_id,
+                status=lost.status,
+                remedy="have the server's administrator issue a new registration access token and put it in "
+                "the credentials file, or run 'dcr-bootstrap delete' and delete the client on the server to "
+                "register a new one",
+            )
+        logger.info("Loaded registration for client", client_id=saved.client_id)
+        return Outcome("reloaded", saved)
+    if ctx.settings.dcr_on_missing_client == "fail":
+        raise ClientGone(
+            status=lost.status if lost else 401,
+            error=lost.error_code if lost else None,
+            description=lost.description if lost else None,
+            what=f"The saved client {saved.client_id} is gone: the server rejects its credentials",
+            hint="DCR_ON_MISSING_CLIENT=fail forbids registering a new one: unset it (the default is register) "
+            "or restore the client.",
+        )
+    logger.warning("Saved client no longer exists; registering again", client_id=saved.client_id)
+    return None
+
+
+async def _still_works(ctx: _Run, saved: SavedRegistration) -> bool:
+    if saved.client_secret is None or not ctx.server.token_endpoint:
+        return False
+    try:
+        await _prove(ctx, saved)
+    except CredentialsRejected as exc:
+        # Authenticated but refused the grant or scope: the client exists.
+        return not exc.bad_credentials
+    return True
+
+
+async def _prove(ctx: _Run, creds: SavedRegistration) -> str:
     """A client_credentials token request with these credentials; returns the token endpoint used."""
-    endpoint = run.server.token_endpoint
+    endpoint = ctx.server.token_endpoint
     if not endpoint:
         raise DiscoveryError(
-            f"The server {run.server.issuer} advertises no token_endpoint, so client credentials cannot be "
+            f"The server {ctx.server.issuer} advertises no token_endpoint, so client credentials cannot be "
             "checked; check that KEYCLOAK_URL/DCR_ISSUER name the authorization server."
         )
-    await call(
-        run.policy,
+    assert creds.client_secret is not None
+    await ctx.policy.call(
         "token request",
-        lambda: tokens.client_credentials(
-            run.transport,
-            endpoint,
-            client_id,
-            secret,
-            auth_method=run.settings.dcr_token_endpoint_auth_method,
-            scope=run.settings.dcr_scope,
-        ),
+        tokens.client_credentials,
+        ctx.transport,
+        endpoint,
+        creds.client_id,
+        creds.client_secret.get_secret_value(),
+        auth_method=creds.token_endpoint_auth_method or ctx.settings.dcr_token_endpoint_auth_method,
+        scope=ctx.settings.dcr_scope,
     )
     return endpoint
 
 
-async def _reload_unmanaged(run: _Run, saved: SavedRegistration) -> Outcome | None:
-    """No RFC 7592 management: prove the saved credentials with a token request instead."""
-    if saved.client_secret is None:
-        _handle_gone(run.settings, saved)
-        return None
-    try:
-        await _prove(run, saved.client_id, saved.client_secret.get_secret_value())
-    except CredentialsRejected as exc:
-        if run.settings.dcr_on_missing_client == "fail":
-            raise
-        logger.warning("Saved client credentials rejected; registering again", error=exc.error_code)
-        return None
-    logger.info("Loaded registration for client", client_id=saved.client_id)
-    return Outcome("reloaded", saved)
-
-
-def _handle_gone(settings: Settings, saved: SavedRegistration) -> None:
-    if settings.dcr_on_missing_client == "fail":
-        raise ClientGone(
-            status=401,
-            error="invalid_token",
-            description=None,
-            what=f"The saved client {saved.client_id} can no longer be checked or used",
-            hint="Set DCR_ON_MISSING_CLIENT=register to register a new one, or restore the client.",
-        )
-    logger.warning("Saved client no longer exists; registering again", client_id=saved.client_id)
-
-
-async def _static(run: _Run) -> Outcome:
-    client_id, secret = run.settings.keycloak_client_id, run.settings.keycloak_client_secret
+async def _static(ctx: _Run, saved: SavedRegistration | None) -> Outcome:
+    client_id, secret = ctx.settings.keycloak_client_id, ctx.settings.keycloak_client_secret
     assert client_id and secret  # Settings.check()
-    token_endpoint = await _prove(run, client_id, secret.get_secret_value())
-    saved = SavedRegistration(
+    static = SavedRegistration(
         client_id=client_id,
         client_secret=secret,
         registered_at=hostname(),
-        issuer=run.server.issuer,
-        token_endpoint=token_endpoint,
+        issuer=ctx.server.issuer,
+        token_endpoint=ctx.server.token_endpoint,
+        token_endpoint_auth_method=ctx.settings.dcr_token_endpoint_auth_method,
         mode="static",
     )
-    _save(run.settings, saved)
+    await _prove(ctx, static)
+    if saved is not None and (saved.mode != "static" or saved.issuer != ctx.server.issuer):
+        kept = store.backup(ctx.settings.dcr_client_file)
+        logger.warning("Kept the saved registration as a backup before writing static credentials", backup=str(kept))
+    _save(ctx, static)
     logger.info("Static credentials verified", client_id=client_id)
-    return Outcome("static", saved)
+    return Outcome("static", static)
 
 
 async def delete(settings: Settings) -> bool:
     """RFC 7592 DELETE, then remove the file(s). True if the server had the client."""
-    settings.check(need_server=False, need_credentials=False)
-    with store.locked(settings.dcr_client_file):
+    deadline = Deadline(settings.dcr_wait_timeout)
+    async with store.locked(settings.dcr_client_file, deadline.remaining):
         saved = store.load(settings.dcr_client_file)
         if saved is None:
             raise StorageError(f"No saved registration at {settings.dcr_client_file}; nothing to delete.")
         existed = False
         uri, token = saved.registration_client_uri, saved.registration_access_token
         if uri is not None and token is not None:
-            async with Transport(settings) as transport:
+            async with transport_for(settings, deadline, saved.issuer) as transport:
                 try:
-                    await call(
-                        policy_for(settings),
-                        "registration delete",
-                        lambda: registration.delete(transport, uri, token.get_secret_value()),
+                    await policy_for(settings, deadline).call(
+                        "registration delete", registration.delete, transport, uri, token.get_secret_value()
                     )
                     existed = True
                 except ClientGone:

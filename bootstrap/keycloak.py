@@ -1,17 +1,18 @@
 """Everything Keycloak-specific, in one place: issuer layout, error hints, and the admin API.
 
-The protocol modules never look at Keycloak's paths or messages; they ask ``hint_for`` whether a
-server's error description has a known remedy, and fall back to the generic RFC hint otherwise.
+The protocol modules never look at Keycloak's paths or messages. The CLI asks ``hint_for`` whether
+an error has a Keycloak remedy when it writes the last line; ``initial-token`` runs the admin calls.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .errors import CredentialsRejected, RegistrationRejected
+from .errors import AdminRejected, BootstrapError, OAuthError, ServerNotReady
 
-if TYPE_CHECKING:  # a type only: settings imports this module for the issuer layout
-    from ._http import Transport
+if TYPE_CHECKING:  # types only: this module must stay importable without aiohttp
+    from ._http import Response, Transport
+    from .wait import RetryPolicy
 
 # (substring of Keycloak's error_description, what to do)
 _HINTS: tuple[tuple[str, str], ...] = (
@@ -47,12 +48,14 @@ _HINTS: tuple[tuple[str, str], ...] = (
 )
 
 
-def hint_for(description: str | None) -> str | None:
-    if not description:
-        return None
-    for needle, hint in _HINTS:
-        if needle in description:
-            return hint
+def hint_for(exc: BootstrapError, keycloak_url: str | None) -> str | None:
+    """A Keycloak-specific remedy for ``exc``, or None."""
+    if isinstance(exc, OAuthError) and exc.description:
+        for needle, hint in _HINTS:
+            if needle in exc.description:
+                return hint
+    if isinstance(exc, ServerNotReady) and keycloak_url and "no metadata yet" in str(exc):
+        return "Keycloak answers, but the realm does not exist (yet): create or import it, or check KEYCLOAK_REALM."
     return None
 
 
@@ -61,30 +64,30 @@ def issuer(base_url: str, realm: str) -> str:
     return f"{base_url.rstrip('/')}/realms/{realm}"
 
 
-def not_ready_hint(issuer_url: str) -> str:
-    if "/realms/" in issuer_url:
-        return (
-            "Check that Keycloak runs and is reachable from here, that the realm exists (HTTP 404 means "
-            "it does not, yet), or raise DCR_WAIT_TIMEOUT."
-        )
-    return "Check that the server runs and is reachable from here, or raise DCR_WAIT_TIMEOUT."
+def _rejected(resp: Response, what: str, hint: str) -> AdminRejected:
+    error, description = resp.error_fields()
+    if description is None:  # the admin API says errorMessage where OAuth says error_description
+        try:
+            body = resp.json()
+        except BootstrapError:
+            body = {}
+        message = body.get("errorMessage")
+        description = message if isinstance(message, str) else None
+    return AdminRejected(status=resp.status, error=error, description=description, what=what, hint=hint)
 
 
 async def admin_token(transport: Transport, base_url: str, username: str, password: str) -> str:
-    """A master-realm admin token by the password grant of the admin-cli client."""
+    """A master-realm admin token by the password grant of the admin-cli client (one attempt)."""
     resp = await transport.request(
         "POST",
         f"{base_url}/realms/master/protocol/openid-connect/token",
         form={"grant_type": "password", "client_id": "admin-cli", "username": username, "password": password},
     )
     if resp.status != 200:
-        error, description = resp.error_fields()
-        raise CredentialsRejected(
-            status=resp.status,
-            error=error,
-            description=description,
-            what="Keycloak refused the admin credentials",
-            hint="Check KEYCLOAK_ADMIN_USERNAME and KEYCLOAK_ADMIN_PASSWORD (master realm).",
+        raise _rejected(
+            resp,
+            "Keycloak refused the admin credentials",
+            "Check KEYCLOAK_ADMIN_USERNAME and KEYCLOAK_ADMIN_PASSWORD (master realm).",
         )
     return str(resp.json()["access_token"])
 
@@ -101,12 +104,34 @@ async def mint_initial_access_token(
         idempotent=False,
     )
     if resp.status not in (200, 201):
-        error, description = resp.error_fields()
-        raise RegistrationRejected(
-            status=resp.status,
-            error=error,
-            description=description,
-            what=f"Keycloak refused to mint an initial access token for realm {realm}",
-            hint="Check that the realm exists and the admin user may manage its clients.",
+        raise _rejected(
+            resp,
+            f"Keycloak refused to mint an initial access token for realm {realm}",
+            "Check that the realm exists and the admin user may manage its clients.",
         )
     return str(resp.json()["token"])
+
+
+async def initial_access_token(
+    transport: Transport,
+    policy: RetryPolicy,
+    base_url: str,
+    realm: str,
+    username: str,
+    password: str,
+    *,
+    count: int,
+    expiration: int,
+) -> str:
+    """Wait for Keycloak within the policy's deadline, log in as admin, mint a token."""
+    admin = await policy.call("admin login", admin_token, transport, base_url, username, password)
+    return await policy.call(
+        "initial access token",
+        mint_initial_access_token,
+        transport,
+        base_url,
+        realm,
+        admin,
+        count=count,
+        expiration=expiration,
+    )

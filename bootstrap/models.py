@@ -13,7 +13,13 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from .settings import SECRET_AUTH_METHODS, Settings
+# Auth methods in which the client proves itself with a shared secret.
+SECRET_AUTH_METHODS = frozenset({"client_secret_basic", "client_secret_post", "client_secret_jwt"})
+
+
+def is_vschar(value: str) -> bool:
+    """RFC 6749 Appendix A VSCHAR (%x20-7E): what a client_id, secret or token may hold."""
+    return all(" " <= ch <= "~" for ch in value)
 
 
 class ServerMetadata(BaseModel):
@@ -41,22 +47,6 @@ class ClientMetadata(BaseModel):
     software_id: str | None = None
     software_version: str | None = None
 
-    @classmethod
-    def from_settings(cls, settings: Settings) -> ClientMetadata:
-        grants = settings.dcr_grant_types
-        return cls(
-            client_name=settings.client_name,
-            grant_types=grants,
-            redirect_uris=settings.dcr_redirect_uris,
-            # RFC 7591 §2.1: response_types follow grant_types; client_credentials needs none.
-            response_types=["code"] if "authorization_code" in grants else [],
-            token_endpoint_auth_method=settings.dcr_token_endpoint_auth_method,
-            scope=settings.dcr_scope,
-            contacts=settings.dcr_contacts or None,
-            software_id=settings.dcr_software_id,
-            software_version=settings.dcr_software_version,
-        )
-
     def to_request(self) -> dict[str, Any]:
         return self.model_dump(exclude_none=True)
 
@@ -81,6 +71,17 @@ class ClientInformation(BaseModel):
     registration_access_token: SecretStr | None = None
     registration_client_uri: str | None = None
     token_endpoint_auth_method: str | None = None
+
+    def unsafe_fields(self) -> list[str]:
+        """Credentials outside RFC 6749's VSCHAR: only a broken or hostile server sends them."""
+        values = {
+            "client_id": self.client_id,
+            "client_secret": self.client_secret.get_secret_value() if self.client_secret else "",
+            "registration_access_token": (
+                self.registration_access_token.get_secret_value() if self.registration_access_token else ""
+            ),
+        }
+        return [name for name, value in values.items() if not is_vschar(value)]
 
 
 # Fields a server manages; RFC 7592 §2.2 forbids sending them back in an update.
@@ -108,6 +109,7 @@ class SavedRegistration(BaseModel):
     token_endpoint: str | None = None
     client_secret_expires_at: int | None = None
     metadata_fingerprint: str | None = None
+    token_endpoint_auth_method: str | None = None
     mode: str = "dcr"
 
     def to_file(self) -> dict[str, Any]:

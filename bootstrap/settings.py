@@ -3,12 +3,14 @@
 The first four names come from the seed design (``USE_DCR``, ``DCR_INITIAL_ACCESS_TOKEN``,
 ``KEYCLOAK_CLIENT_ID``, ``KEYCLOAK_CLIENT_SECRET``). Every secret can also be read from a file
 (``*_FILE``), the way Docker and Kubernetes mount secrets. The README's configuration reference is
-generated from this model (``python -m bootstrap.docs``), so descriptions here are user-facing.
+generated from this model (``python -m bootstrap._reference``), so descriptions here are user-facing.
+Everything is checked here, before any request: a bad value is one ConfigError line (exit 2).
 """
 
 from __future__ import annotations
 
 import socket
+import ssl
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
@@ -18,11 +20,53 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from . import keycloak
 from .errors import ConfigError
+from .models import is_vschar
 
 CsvList = Annotated[list[str], NoDecode]
 
-# Auth methods in which the client proves itself with a shared secret.
-SECRET_AUTH_METHODS = frozenset({"client_secret_basic", "client_secret_post", "client_secret_jwt"})
+# Grant types of RFC 6749, 7522, 7523, 8628, 8693 and OpenID CIBA: anything else is a typo.
+KNOWN_GRANT_TYPES = frozenset(
+    {
+        "authorization_code",
+        "implicit",
+        "password",
+        "client_credentials",
+        "refresh_token",
+        "urn:ietf:params:oauth:grant-type:jwt-bearer",
+        "urn:ietf:params:oauth:grant-type:saml2-bearer",
+        "urn:ietf:params:oauth:grant-type:device_code",
+        "urn:ietf:params:oauth:grant-type:token-exchange",
+        "urn:openid:params:grant-type:ciba",
+    }
+)
+# Keycloak stores client names in a 255-character column and answers 500 beyond it; stay well inside.
+MAX_CLIENT_NAME = 200
+
+
+def origin(url: str) -> str:
+    """scheme://host:port with the default port made explicit, for comparing where URLs point."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    port = parts.port or {"http": 80, "https": 443}.get(scheme, 0)
+    return f"{scheme}://{(parts.hostname or '').lower()}:{port}"
+
+
+def _check_url(value: str, *, path_allowed: bool = True) -> str:
+    # Never echo the value: a URL may carry a password.
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an absolute http(s) URL")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("must not contain a user name or password (they would be logged); remove 'user:pass@'")
+    if parts.query or parts.fragment:
+        raise ValueError("must not have a query or fragment")
+    if not path_allowed and parts.path not in ("", "/"):
+        raise ValueError("must be an origin (scheme://host[:port]) without a path")
+    try:
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        raise ValueError("has an invalid port") from None
+    return value.rstrip("/")
 
 
 def _split_csv(value: object) -> object:
@@ -66,16 +110,25 @@ class Settings(BaseSettings):
         "its metadata names a public one (KEYCLOAK_URL or DCR_ISSUER's origin). The issuer is still checked.",
     )
     dcr_ca_bundle: Path | None = Field(None, description="PEM CA bundle to trust for HTTPS.")
+    dcr_trusted_origins: CsvList = Field(
+        [],
+        description="Comma-separated extra origins (https://host[:port]) that may receive secrets. By default "
+        "only the issuer's origin (and DCR_INTERNAL_URL's) may: a registration, management or token endpoint "
+        "elsewhere is refused before any secret is sent.",
+    )
 
     # --- output ---
     dcr_client_file: Path = Field(Path(".dcr_client.json"), description="Credentials file (JSON, mode 0600).")
     dcr_env_file: Path | None = Field(
-        None, description="Also write KEYCLOAK_CLIENT_ID=/KEYCLOAK_CLIENT_SECRET= lines here (mode 0600)."
+        None,
+        description="Also write KEYCLOAK_CLIENT_ID=/KEYCLOAK_CLIENT_SECRET= lines here (mode 0600; safe to source "
+        "in sh or to pass to docker --env-file: values that could not be carried safely are refused).",
     )
 
     # --- client metadata (RFC 7591 §2) ---
     dcr_client_name: str = Field(
-        "mcp-server-{hostname}", description="client_name; '{hostname}' becomes this host's name."
+        "mcp-server-{hostname}",
+        description=f"client_name; '{{hostname}}' becomes this host's name (at most {MAX_CLIENT_NAME} characters).",
     )
     dcr_grant_types: CsvList = Field(["client_credentials"], description="Comma-separated grant_types.")
     dcr_redirect_uris: CsvList = Field([], description="Comma-separated redirect_uris (none by default).")
@@ -89,12 +142,20 @@ class Settings(BaseSettings):
     )
 
     # --- waiting and retries ---
-    dcr_wait_timeout: float = Field(120.0, gt=0, description="Total seconds to wait for the server.")
-    dcr_attempt_timeout: float = Field(10.0, gt=0, description="Seconds for one HTTP attempt.")
-    dcr_retry_initial_delay: float = Field(0.5, ge=0, description="First backoff delay in seconds.")
-    dcr_retry_max_delay: float = Field(10.0, ge=0, description="Largest backoff delay in seconds.")
+    dcr_wait_timeout: float = Field(
+        120.0, gt=0, allow_inf_nan=False, description="Total seconds for the whole run (waiting included)."
+    )
+    dcr_attempt_timeout: float = Field(
+        10.0, gt=0, allow_inf_nan=False, description="Seconds for one HTTP attempt (never past DCR_WAIT_TIMEOUT)."
+    )
+    dcr_retry_initial_delay: float = Field(
+        0.5, ge=0, allow_inf_nan=False, description="First backoff delay in seconds."
+    )
+    dcr_retry_max_delay: float = Field(10.0, ge=0, allow_inf_nan=False, description="Largest backoff delay in seconds.")
 
-    dcr_watch_interval: float = Field(300.0, gt=0, description="Seconds between re-checks in 'watch' (sidecar) mode.")
+    dcr_watch_interval: float = Field(
+        300.0, gt=0, allow_inf_nan=False, description="Seconds between re-checks in 'watch' (sidecar) mode."
+    )
 
     # --- logs ---
     dcr_log_format: Literal["auto", "json", "console"] = Field(
@@ -104,15 +165,54 @@ class Settings(BaseSettings):
 
     _split = field_validator("dcr_grant_types", "dcr_redirect_uris", "dcr_contacts", mode="before")(_split_csv)
 
+    _split_origins = field_validator("dcr_trusted_origins", mode="before")(_split_csv)
+
     @field_validator("keycloak_url", "dcr_issuer", "dcr_internal_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
-        if value is None or value == "":
-            return None
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError(f"must be an http(s) URL, got {value!r}")
-        return value.rstrip("/")
+        return _check_url(value) if value else None
+
+    @field_validator("dcr_trusted_origins")
+    @classmethod
+    def _origins(cls, values: list[str]) -> list[str]:
+        return [_check_url(v, path_allowed=False) for v in values]
+
+    @field_validator("dcr_redirect_uris")
+    @classmethod
+    def _redirect_uris(cls, values: list[str]) -> list[str]:
+        for value in values:
+            parts = urlsplit(value)
+            if not parts.scheme or parts.fragment:
+                raise ValueError("every redirect URI must be absolute and without a fragment (RFC 6749 §3.1.2)")
+        return values
+
+    @field_validator("dcr_grant_types")
+    @classmethod
+    def _grant_types(cls, values: list[str]) -> list[str]:
+        if not values:
+            raise ValueError("must name at least one grant type, e.g. client_credentials")
+        unknown = [v for v in values if v not in KNOWN_GRANT_TYPES]
+        if unknown:
+            raise ValueError(
+                f"unknown grant type(s) {', '.join(unknown)}; known: {', '.join(sorted(KNOWN_GRANT_TYPES))}"
+            )
+        return values
+
+    @field_validator("dcr_client_name")
+    @classmethod
+    def _client_name(cls, value: str) -> str:
+        if not value.strip() or not value.isprintable():
+            raise ValueError("must be non-empty printable text")
+        if len(value.replace("{hostname}", hostname())) > MAX_CLIENT_NAME:
+            raise ValueError(f"is longer than {MAX_CLIENT_NAME} characters; servers refuse (or fail on) such names")
+        return value
+
+    @field_validator("dcr_client_file")
+    @classmethod
+    def _client_file(cls, value: Path) -> Path:
+        if not str(value).strip() or value.name in ("", ".", "..") or value.is_dir():
+            raise ValueError("must name a file, not a directory (e.g. /var/lib/dcr/.dcr_client.json)")
+        return value
 
     @model_validator(mode="after")
     def _secrets_from_files(self) -> Settings:
@@ -125,9 +225,47 @@ class Settings(BaseSettings):
         self.keycloak_admin_password = _from_file(
             self.keycloak_admin_password, self.keycloak_admin_password_file, "KEYCLOAK_ADMIN_PASSWORD"
         )
+        for name, secret in (
+            ("DCR_INITIAL_ACCESS_TOKEN", self.dcr_initial_access_token),
+            ("KEYCLOAK_CLIENT_SECRET", self.keycloak_client_secret),
+        ):
+            if secret is not None and not is_vschar(secret.get_secret_value()):
+                raise ConfigError(
+                    f"{name} contains a line break or another control character, which cannot be sent in an "
+                    "HTTP header; copy the value again without it."
+                )
+        if self.keycloak_client_id is not None and not (self.keycloak_client_id and is_vschar(self.keycloak_client_id)):
+            raise ConfigError("KEYCLOAK_CLIENT_ID is empty or contains control characters; fix its value.")
+        if self.dcr_env_file is not None and _same_file(self.dcr_env_file, self.dcr_client_file):
+            raise ConfigError(
+                "DCR_ENV_FILE names the same file as DCR_CLIENT_FILE; it would replace the JSON credentials. "
+                "Choose another path, e.g. /var/lib/dcr/.dcr_client.env."
+            )
         return self
 
     # --- derived values ---
+    def tls_context(self) -> ssl.SSLContext | None:
+        """The context that trusts DCR_CA_BUNDLE (None: the system's store); a bad bundle is a ConfigError."""
+        if self.dcr_ca_bundle is None:
+            return None
+        try:
+            return ssl.create_default_context(cafile=str(self.dcr_ca_bundle))
+        except FileNotFoundError:
+            raise ConfigError(f"DCR_CA_BUNDLE={self.dcr_ca_bundle} does not exist; mount the CA file there.") from None
+        except (OSError, ssl.SSLError, ValueError):
+            raise ConfigError(
+                f"DCR_CA_BUNDLE={self.dcr_ca_bundle} is not a readable PEM CA bundle; point it at the CA certificate."
+            ) from None
+
+    def secret_origins(self, issuer: str | None = None) -> frozenset[str]:
+        """Origins allowed to receive a secret: the issuer's, DCR_INTERNAL_URL's, and DCR_TRUSTED_ORIGINS."""
+        if issuer is None and (self.dcr_issuer or (self.keycloak_url and self.keycloak_realm)):
+            issuer = self.expected_issuer
+        named = [*([issuer] if issuer else []), *self.dcr_trusted_origins]
+        if self.dcr_internal_url:
+            named.append(self.dcr_internal_url)
+        return frozenset(origin(url) for url in named)
+
     @property
     def expected_issuer(self) -> str:
         if self.dcr_issuer:
@@ -136,51 +274,61 @@ class Settings(BaseSettings):
         return keycloak.issuer(self.keycloak_url, self.keycloak_realm)
 
     @property
-    def public_base(self) -> str:
+    def public_base(self) -> str | None:
         """The base URL that the server's metadata names; DCR_INTERNAL_URL replaces it on the wire."""
         if self.keycloak_url:
             return self.keycloak_url
-        parts = urlsplit(self.expected_issuer)
+        if not self.dcr_issuer:
+            return None
+        parts = urlsplit(self.dcr_issuer)
         return f"{parts.scheme}://{parts.netloc}"
 
     @property
     def client_name(self) -> str:
         return self.dcr_client_name.replace("{hostname}", hostname())
 
-    def check(self, *, need_server: bool = True, need_credentials: bool = True) -> Settings:
-        """Cross-field rules; raise one ConfigError naming what is missing and what to set."""
-        if need_server and not self.dcr_issuer and not (self.keycloak_url and self.keycloak_realm):
-            missing = [
-                n for n, v in (("KEYCLOAK_URL", self.keycloak_url), ("KEYCLOAK_REALM", self.keycloak_realm)) if not v
-            ]
+    def check_server(self) -> Settings:
+        """Enough to reach the server: an issuer, or KEYCLOAK_URL with KEYCLOAK_REALM."""
+        if not self.dcr_issuer and not (self.keycloak_url and self.keycloak_realm):
+            missing = _unset(KEYCLOAK_URL=self.keycloak_url, KEYCLOAK_REALM=self.keycloak_realm)
             raise ConfigError(
-                f"No authorization server configured: {' and '.join(missing)} not set. "
+                f"No authorization server configured: {missing} not set. "
                 "Set KEYCLOAK_URL and KEYCLOAK_REALM, or DCR_ISSUER for any RFC 8414 server."
             )
-        if need_credentials and not self.use_dcr and not (self.keycloak_client_id and self.keycloak_client_secret):
-            missing = [
-                n
-                for n, v in (
-                    ("KEYCLOAK_CLIENT_ID", self.keycloak_client_id),
-                    ("KEYCLOAK_CLIENT_SECRET", self.keycloak_client_secret),
+        if self.expected_issuer.startswith("https:"):
+            plain = [o for o in self.dcr_trusted_origins if not o.startswith("https:")]
+            if plain:
+                raise ConfigError(
+                    "DCR_TRUSTED_ORIGINS lists an http origin while the issuer is https; secrets are never sent "
+                    "over a downgraded scheme. Use https origins."
                 )
-                if not v
-            ]
+        return self
+
+    def check(self) -> Settings:
+        """Everything a run needs; raise one ConfigError naming what is missing and what to set."""
+        self.check_server()
+        if not self.use_dcr and not (self.keycloak_client_id and self.keycloak_client_secret):
+            missing = _unset(
+                KEYCLOAK_CLIENT_ID=self.keycloak_client_id, KEYCLOAK_CLIENT_SECRET=self.keycloak_client_secret
+            )
             raise ConfigError(
-                f"USE_DCR=false but {' and '.join(missing)} not set. "
-                "Set USE_DCR=true to register by DCR, or provide static credentials "
-                "(KEYCLOAK_CLIENT_SECRET_FILE works too)."
+                f"USE_DCR=false but {missing} not set. Set USE_DCR=true to register by DCR, or provide static "
+                "credentials (KEYCLOAK_CLIENT_SECRET_FILE works too)."
             )
         if (
             self.use_dcr
             and "client_credentials" in self.dcr_grant_types
-            and (self.dcr_token_endpoint_auth_method == "none")
+            and self.dcr_token_endpoint_auth_method == "none"
         ):
             raise ConfigError(
                 "DCR_GRANT_TYPES has client_credentials but DCR_TOKEN_ENDPOINT_AUTH_METHOD=none: a public client "
                 "cannot use client_credentials. Use client_secret_basic, or drop client_credentials."
             )
         return self
+
+
+def _unset(**values: object) -> str:
+    return " and ".join(name for name, value in values.items() if not value)
 
 
 def _from_file(value: SecretStr | None, path: Path | None, name: str) -> SecretStr | None:
@@ -197,6 +345,13 @@ def _from_file(value: SecretStr | None, path: Path | None, name: str) -> SecretS
     if not text:
         raise ConfigError(f"{name}_FILE={path} is empty; write the secret into it or unset {name}_FILE.")
     return SecretStr(text)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve()
+    except OSError:
+        return a.absolute() == b.absolute()
 
 
 def hostname() -> str:

@@ -2,24 +2,56 @@
 
 A valid file is never replaced by a partial one: we write a temp file in the same directory
 (created 0600 with O_EXCL, so no moment exists when others can read it), fsync it, rename it over
-the target and fsync the directory. A failed run leaves the old file byte-for-byte intact.
+the target and fsync the directory. A failed run leaves the old file byte-for-byte intact, and a
+file that another issuer or static mode wrote is kept as a timestamped backup, never destroyed.
+
+Beside the file live, all 0600 and all ours: ``.NAME.lock`` (held for the whole run; opened without
+following symlinks), ``.NAME.pending`` (a registration the server made but the run has not finished
+checking: the next run adopts it instead of leaving an orphan) and short-lived ``.NAME.<hex>.tmp``
+files, which a run killed between write and rename leaves and the next run sweeps away under the lock.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import fcntl
 import json
 import os
+import random
+import re
 import secrets
-from collections.abc import Iterator
+import stat
+from collections.abc import AsyncIterator, Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 from pydantic import ValidationError
 
 from .errors import StorageError
+from .log import get_logger
 from .models import SavedRegistration
+
+log = get_logger()
+
+# What an env file may carry unquoted so that `.`/`source`, `docker --env-file` and systemd all read the
+# same value and nothing is expanded: no quotes, $, `, \, spaces, ~, globs or line breaks.
+_ENV_SAFE = re.compile(r"[A-Za-z0-9._:/+=@%,-]*")
+_PROBE_SIZE = 4096  # about one credentials file: a full disk fails the probe, not the save
+_LOCK_POLL = 0.05
+
+
+def _dotted(path: Path) -> str:
+    return path.name if path.name.startswith(".") else f".{path.name}"
+
+
+def _directory(path: Path) -> Path:
+    return path.parent if str(path.parent) else Path(".")
+
+
+def pending_path(path: Path) -> Path:
+    return path.with_name(f"{_dotted(path)}.pending")
 
 
 def load(path: Path) -> SavedRegistration | None:
@@ -40,27 +72,39 @@ def load(path: Path) -> SavedRegistration | None:
 
 def write_private(path: Path, data: bytes) -> None:
     """Atomically replace ``path`` with ``data``; the file is 0600 from its first byte."""
-    directory = path.parent if str(path.parent) else Path(".")
-    # A random name: in containers the PID repeats across runs, so a PID-named leftover would block O_EXCL.
-    tmp = directory / f".{path.name}.{secrets.token_hex(6)}.tmp"
+    write_private_many([(path, data)])
+
+
+def write_private_many(files: Sequence[tuple[Path, bytes]]) -> None:
+    """Write every temp file first, then rename them all: a full disk fails before any target changes."""
+    temps: list[tuple[Path, Path]] = []
+    current = files[0][0]
     try:
-        # Created 0600 (a umask can only narrow it): private from its first byte, no chmod afterwards.
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-        _fsync_dir(directory)
+        for current, data in files:
+            # A random name: in containers the PID repeats across runs, so a PID-named leftover would block O_EXCL.
+            tmp = _directory(current) / f".{current.name}.{secrets.token_hex(6)}.tmp"
+            # Created 0600 (a umask can only narrow it): private from its first byte, no chmod afterwards.
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+            temps.append((tmp, current))
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        for tmp, target in temps:
+            current = target
+            os.replace(tmp, target)
+        for directory in {_directory(target) for _, target in temps}:
+            _fsync_dir(directory)
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
+        for tmp, _ in temps:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
         raise StorageError(
-            f"Cannot write {path} ({exc.strerror}); make {directory} writable for this user "
-            "(a named volume starts root-owned) and run again."
+            f"Cannot write {current} ({exc.strerror}); make {_directory(current)} writable for this user "
+            "(a named volume starts root-owned) and with free space, then run again."
         ) from None
 
 
@@ -75,18 +119,59 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def env_lines(registration: SavedRegistration) -> bytes:
+    """KEYCLOAK_CLIENT_ID/SECRET lines that sourcing sets to exactly these values and that run nothing."""
+    secret = registration.client_secret.get_secret_value() if registration.client_secret else ""
+    for name, value in (("client_id", registration.client_id), ("client_secret", secret)):
+        if not _ENV_SAFE.fullmatch(value):
+            raise StorageError(
+                f"The {name} the server issued has characters an env file cannot carry safely (quotes, $, "
+                "spaces or control characters), so no env file was written. Unset DCR_ENV_FILE and read the "
+                "JSON file, or use 'eval \"$(dcr-bootstrap env)\"', which quotes."
+            )
+    return f"KEYCLOAK_CLIENT_ID={registration.client_id}\nKEYCLOAK_CLIENT_SECRET={secret}\n".encode()
+
+
 def save(path: Path, registration: SavedRegistration, env_file: Path | None = None) -> None:
-    write_private(path, (json.dumps(registration.to_file(), indent=2) + "\n").encode())
+    files = [(path, (json.dumps(registration.to_file(), indent=2) + "\n").encode())]
     if env_file is not None:
-        secret = registration.client_secret.get_secret_value() if registration.client_secret else ""
-        write_private(
-            env_file,
-            f"KEYCLOAK_CLIENT_ID={registration.client_id}\nKEYCLOAK_CLIENT_SECRET={secret}\n".encode(),
-        )
+        files.append((env_file, env_lines(registration)))
+    write_private_many(files)
 
 
-def remove(path: Path, env_file: Path | None = None) -> None:
-    for target in (path, env_file):
+def save_pending(path: Path, registration: SavedRegistration) -> None:
+    write_private(pending_path(path), (json.dumps(registration.to_file(), indent=2) + "\n").encode())
+
+
+def load_pending(path: Path) -> SavedRegistration | None:
+    pending = pending_path(path)
+    try:
+        return load(pending)
+    except StorageError:
+        kept = backup(pending)
+        log.warning("Unreadable pending registration set aside", path=str(kept))
+        remove(pending)
+        return None
+
+
+def clear_pending(path: Path) -> None:
+    remove(pending_path(path))
+
+
+def backup(path: Path) -> Path:
+    """Copy ``path`` to a timestamped 0600 file beside it, so that nothing we replace is lost."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+    target = path.with_name(f"{path.name}.{stamp}.bak")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise StorageError(f"Cannot read {path} to back it up ({exc.strerror}); move it away by hand.") from None
+    write_private(target, data)
+    return target
+
+
+def remove(*targets: Path | None) -> None:
+    for target in targets:
         if target is None:
             continue
         try:
@@ -97,21 +182,78 @@ def remove(path: Path, env_file: Path | None = None) -> None:
             raise StorageError(f"Cannot remove {target} ({exc.strerror}); remove it by hand.") from None
 
 
-@contextlib.contextmanager
-def locked(path: Path) -> Iterator[None]:
-    """Hold an exclusive lock beside ``path`` so two replicas sharing a volume never race."""
-    name = path.name if path.name.startswith(".") else f".{path.name}"
-    lock_path = path.with_name(f"{name}.lock")
+def sweep(*paths: Path | None) -> None:
+    """Remove temp files of ours that a killed run left (they may hold secrets). Call under the lock."""
+    for path in paths:
+        if path is None:
+            continue
+        pattern = re.compile(rf"\.{re.escape(path.name)}\.[0-9a-f]{{12}}\.tmp")
+        with contextlib.suppress(OSError):
+            for entry in _directory(path).iterdir():
+                if pattern.fullmatch(entry.name):
+                    with contextlib.suppress(OSError):
+                        entry.unlink()
+                        log.info("Removed a temp file left by an interrupted run", path=str(entry))
+
+
+def probe_writable(*paths: Path | None) -> None:
+    """Create, fill and remove a file where we will write: fail before registering, not after."""
+    for path in paths:
+        if path is None:
+            continue
+        directory = _directory(path)
+        probe = directory / f".{path.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+            try:
+                os.write(fd, b"\0" * _PROBE_SIZE)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+                probe.unlink()
+        except OSError as exc:
+            raise StorageError(
+                f"Cannot write in {directory} ({exc.strerror}); nothing was registered. Make it writable for "
+                "this user (a named volume starts root-owned), free some space, then run again."
+            ) from None
+
+
+@contextlib.asynccontextmanager
+async def locked(path: Path, remaining: Callable[[], float] | None = None) -> AsyncIterator[None]:
+    """Hold an exclusive lock beside ``path`` so two replicas sharing a volume never race.
+
+    Waits at most ``remaining()`` seconds, in small jittered polls that a signal can cancel.
+    """
+    lock_path = path.with_name(f"{_dotted(path)}.lock")
     try:
         lock_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise StorageError(
+                f"The lock file {lock_path} is a symbolic link; remove it (someone may be trying to make us "
+                "write elsewhere) and run again."
+            ) from None
         raise StorageError(
             f"Cannot create the lock file {lock_path} ({exc.strerror}); "
             f"make {lock_path.parent} writable for this user and run again."
         ) from None
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise StorageError(f"The lock file {lock_path} is not a regular file; remove it and run again.")
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                left = remaining() if remaining is not None else 1.0
+                if left <= 0:
+                    raise StorageError(
+                        f"Another dcr-bootstrap held {lock_path} until DCR_WAIT_TIMEOUT ran out; check for a "
+                        "stuck replica, or raise DCR_WAIT_TIMEOUT."
+                    ) from None
+                await asyncio.sleep(min(left, _LOCK_POLL * random.uniform(0.5, 1.5)))  # noqa: S311
         yield
     finally:
         os.close(fd)

@@ -18,6 +18,7 @@ async def client_credentials(
     scope: str | None = None,
 ) -> None:
     """Raise ``CredentialsRejected`` unless the server issues an access token. The token is dropped."""
+    transport.check_secret_url(token_endpoint, "token_endpoint")
     form = {"grant_type": "client_credentials"}
     if scope:
         form["scope"] = scope

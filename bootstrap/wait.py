@@ -1,16 +1,21 @@
-"""The retry policy: exponential backoff with full jitter, a per-attempt timeout and a total deadline.
+"""The retry policy: one deadline for the run, cheap probes while nothing listens, backoff otherwise.
 
-One predicate decides what is retryable: ``Unavailable`` (connection errors, timeouts, 5xx, 429,
-404 while the realm does not exist yet). A Retry-After the server sends replaces the backoff.
-``testing(True)`` turns every delay to zero so tests never sleep.
+One predicate decides what is retryable: ``Unavailable`` (nothing listens yet, timeouts, 5xx, 429,
+404 while the realm does not exist yet). "Connection refused" costs the server nothing, so it is
+probed every ``PROBE_INTERVAL`` and the run notices a server within a beat of it coming up; a server
+that answers "busy" gets exponential backoff with full jitter, or exactly the Retry-After it asks
+for. A Retry-After beyond the deadline ends the run at once: waiting could not help.
+``no_backoff()`` is the test switch: every delay becomes zero (deadlines still apply).
 """
 
 from __future__ import annotations
 
+import contextlib
+import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import ParamSpec, TypeVar
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_before_delay
 from tenacity.wait import wait_random_exponential
@@ -19,14 +24,22 @@ from .errors import ServerNotReady, Unavailable
 from .log import get_logger
 
 T = TypeVar("T")
+P = ParamSpec("P")
 log = get_logger()
-_no_backoff = False
+# A refused connection is answered by the kernel, not the server: probe it often.
+PROBE_INTERVAL = 0.2
+_zero_delays = False
 
 
-def testing(no_backoff: bool) -> None:
-    """Test switch: with ``no_backoff`` every delay is zero (deadlines still apply)."""
-    global _no_backoff
-    _no_backoff = no_backoff
+@contextlib.contextmanager
+def no_backoff(active: bool = True) -> Iterator[None]:
+    """Test switch: within this block every retry delay is zero (``active=False``: real delays again)."""
+    global _zero_delays
+    previous, _zero_delays = _zero_delays, active
+    try:
+        yield
+    finally:
+        _zero_delays = previous
 
 
 @dataclass
@@ -36,7 +49,6 @@ class Deadline:
     total: float
     started: float = field(default_factory=time.monotonic)
 
-    @property
     def remaining(self) -> float:
         return max(0.0, self.total - (time.monotonic() - self.started))
 
@@ -46,46 +58,69 @@ class RetryPolicy:
     deadline: Deadline
     initial: float = 0.5
     maximum: float = 10.0
+    hint: str = "Check that the server runs and is reachable, or raise DCR_WAIT_TIMEOUT."
+    _backoff: Callable[[RetryCallState], float] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_backoff", wait_random_exponential(multiplier=self.initial, max=self.maximum))
 
     def delay(self, state: RetryCallState) -> float:
-        if _no_backoff:
-            return 0.0
         exc = state.outcome.exception() if state.outcome else None
+        if (
+            isinstance(exc, Unavailable)
+            and exc.retry_after is not None
+            and exc.retry_after >= self.deadline.remaining()
+        ):
+            return exc.retry_after  # past the deadline: the stop condition ends the run now
+        if _zero_delays:
+            return 0.0
         if isinstance(exc, Unavailable) and exc.retry_after is not None:
             return exc.retry_after
-        return float(wait_random_exponential(multiplier=self.initial, max=self.maximum)(state))
+        if isinstance(exc, Unavailable) and exc.connect:
+            return PROBE_INTERVAL * random.uniform(0.75, 1.25)  # noqa: S311 - jitter, not crypto
+        return float(self._backoff(state))
 
-
-async def call(policy: RetryPolicy, what: str, attempt: Callable[[], Awaitable[T]], *, hint: str = "") -> T:
-    """Run ``attempt`` until it succeeds, raises a non-retryable error, or the deadline passes."""
-    retrying = AsyncRetrying(
-        retry=retry_if_exception_type(Unavailable),
-        wait=policy.delay,
-        stop=stop_before_delay(policy.deadline.remaining),
-        before_sleep=_log_attempt(what),
-        reraise=True,
-    )
-    try:
-        async for try_ in retrying:
-            with try_:
-                return await attempt()
-    except Unavailable as exc:
-        raise ServerNotReady(
-            f"Server not ready after {policy.deadline.total:g}s ({what}): {exc.reason}. "
-            + (hint or "Check that the server runs and is reachable, or raise DCR_WAIT_TIMEOUT.")
-        ) from exc
-    raise AssertionError("unreachable")  # pragma: no cover
-
-
-def _log_attempt(what: str) -> Callable[[RetryCallState], None]:
-    def before_sleep(state: RetryCallState) -> None:
-        exc = state.outcome.exception() if state.outcome else None
-        log.warning(
-            "Server not ready, retrying",
-            step=what,
-            attempt=state.attempt_number,
-            reason=getattr(exc, "reason", str(exc)),
-            next_delay=round(state.upcoming_sleep, 2),
+    async def call(self, what: str, attempt: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run ``attempt`` until it succeeds, raises a non-retryable error, or the deadline passes."""
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(Unavailable),
+            wait=self.delay,
+            stop=stop_before_delay(self.deadline.remaining()),
+            before_sleep=self._before_sleep(what),
+            reraise=True,
         )
+        real: list[Unavailable] = []  # the last failure that was not just "out of time"
+        try:
+            async for try_ in retrying:
+                with try_:
+                    try:
+                        return await attempt(*args, **kwargs)
+                    except Unavailable as failed:
+                        if not failed.out_of_time:
+                            real[:] = [failed]
+                        raise
+        except Unavailable as last:
+            exc = real[0] if real else last
+            if exc.retry_after is not None and exc.retry_after >= self.deadline.remaining():
+                raise ServerNotReady(
+                    f"The server asked to retry {what} after {exc.retry_after:g}s ({exc.reason}), beyond the "
+                    f"{self.deadline.remaining():.1f}s left of DCR_WAIT_TIMEOUT={self.deadline.total:g}; stopped "
+                    "now instead of waiting in vain. Run again later, or raise DCR_WAIT_TIMEOUT."
+                ) from exc
+            raise ServerNotReady(
+                f"Server not ready after {self.deadline.total:g}s ({what}): {exc.reason}. {self.hint}"
+            ) from exc
+        raise AssertionError("unreachable")  # pragma: no cover
 
-    return before_sleep
+    def _before_sleep(self, what: str) -> Callable[[RetryCallState], None]:
+        def before_sleep(state: RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            log.warning(
+                "Server not ready, retrying",
+                step=what,
+                attempt=state.attempt_number,
+                reason=getattr(exc, "reason", str(exc)),
+                next_delay=round(state.upcoming_sleep, 2),
+            )
+
+        return before_sleep

@@ -98,7 +98,7 @@ def test_deleted_client_fails_when_told_not_to_register(
     before = creds_file.read_bytes()
     admin.delete_client(realm, saved(creds_file)["client_id"])
     result = run_cli(env | {"DCR_ON_MISSING_CLIENT": "fail"})
-    assert_rejected(result, 4, "no longer exists")
+    assert_rejected(result, 4, "is gone: the server rejects its credentials")
     assert creds_file.read_bytes() == before
 
 
@@ -346,3 +346,30 @@ def test_two_replicas_sharing_a_volume_register_one_client(
     )
     assert actions == ["registered", "reloaded"]
     assert admin.count_clients(realm) == before + 1
+
+
+def _rfc7592(method: str, uri: str, token: str, body: dict[str, object] | None = None) -> dict[str, object]:
+    data = json.dumps(body).encode() if body is not None else None
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    request = urllib.request.Request(uri, data=data, method=method, headers=headers)
+    with urllib.request.urlopen(request, timeout=30) as resp:
+        return dict(json.loads(resp.read()))
+
+
+def test_a_lost_put_answer_keeps_exactly_one_client(
+    admin: Admin, realm: str, env: dict[str, str], creds_file: Path
+) -> None:
+    """A PUT applied by Keycloak (token rotated) whose answer never reached us: the next run keeps the client."""
+    assert run_cli(env).code == 0
+    before = admin.count_clients(realm)
+    state = saved(creds_file)
+    uri, token = state["registration_client_uri"], state["registration_access_token"]
+    current = _rfc7592("GET", uri, token)
+    _rfc7592("PUT", uri, token, current)  # rotates the token; the file keeps the old one, as after a lost answer
+    assert registration_read_status(uri, token) == 401
+    result = run_cli(env)
+    assert result.code == 0, result.stderr
+    assert result.last["action"] == "reloaded"
+    assert any("management of the saved client is lost" in str(line["event"]) for line in result.lines)
+    assert admin.count_clients(realm) == before
+    assert saved(creds_file)["client_id"] == state["client_id"]

@@ -62,7 +62,7 @@ def test_initial_token_with_wrong_admin_password_fails_clearly(realm: str, env: 
     result = run_cli(
         env | {"KEYCLOAK_ADMIN_USERNAME": "admin", "KEYCLOAK_ADMIN_PASSWORD": "wrong-password"}, "initial-token"
     )
-    assert result.code == 5, result.stderr
+    assert result.code == 8, result.stderr  # ExitCode.ADMIN_REJECTED
     assert "KEYCLOAK_ADMIN_PASSWORD" in str(result.last["event"])
     result.assert_clean("wrong-password")
 

@@ -20,9 +20,8 @@ RFC8414 = "https://as.example.test/.well-known/oauth-authorization-server/realms
 
 @pytest.fixture(autouse=True)
 def no_backoff() -> Iterator[None]:
-    wait.testing(True)
-    yield
-    wait.testing(False)
+    with wait.no_backoff():
+        yield
 
 
 @pytest.fixture(autouse=True)

@@ -18,8 +18,8 @@ def test_configuration_error_exits_2_with_one_line(capsys: pytest.CaptureFixture
 
 
 def test_show_without_a_file_says_to_run_first(capsys: pytest.CaptureFixture[str]) -> None:
-    """'show' with nothing saved: exit 2 and the advice to run the bootstrap."""
-    assert cli.run(["show"]) == ExitCode.CONFIG
+    """'show' with nothing saved: exit 6 (like env and delete) and the advice to run the bootstrap."""
+    assert cli.run(["show"]) == ExitCode.STORAGE
     assert "run 'dcr-bootstrap' first" in capsys.readouterr().err
 
 

@@ -25,6 +25,7 @@ async def test_429_with_retry_after_is_retried(http: aioresponses, tmp_path: Pat
     http.get(RFC8414, status=429, headers={"Retry-After": "1"})
     http.get(RFC8414, payload=metadata())
     http.post(REG, status=201, payload=client_info())
+    http.post(TOKEN, payload={"access_token": "at", "token_type": "Bearer"}, repeat=True)
     outcome = await flow.run(make_settings(tmp_path))
     assert outcome.action == "registered"
 
@@ -34,6 +35,7 @@ async def test_registration_429_is_retried_without_a_duplicate(http: aioresponse
     http.get(RFC8414, payload=metadata())
     http.post(REG, status=429)
     http.post(REG, status=201, payload=client_info())
+    http.post(TOKEN, payload={"access_token": "at", "token_type": "Bearer"}, repeat=True)
     assert (await flow.run(make_settings(tmp_path))).registration.client_id == "cid-1"
 
 
@@ -50,7 +52,7 @@ async def test_404_everywhere_waits_until_the_deadline(http: aioresponses, tmp_p
     http.get(RFC8414, status=404, repeat=True)
     http.get("https://as.example.test/.well-known/openid-configuration/realms/demo", status=404, repeat=True)
     http.get(f"{ISSUER}/.well-known/openid-configuration", status=404, repeat=True)
-    with pytest.raises(ServerNotReady, match="realm exists"):
+    with pytest.raises(ServerNotReady, match="no metadata yet"):
         await flow.run(make_settings(tmp_path, dcr_wait_timeout=0.2))
 
 
@@ -60,6 +62,7 @@ async def test_openid_discovery_is_the_fallback(http: aioresponses, tmp_path: Pa
     http.get("https://as.example.test/.well-known/openid-configuration/realms/demo", status=404)
     http.get(f"{ISSUER}/.well-known/openid-configuration", payload=metadata())
     http.post(REG, status=201, payload=client_info())
+    http.post(TOKEN, payload={"access_token": "at", "token_type": "Bearer"}, repeat=True)
     assert (await flow.run(make_settings(tmp_path))).action == "registered"
 
 
@@ -96,6 +99,7 @@ async def test_registration_response_without_client_id_is_not_saved(http: aiores
     """A 201 without client_id is unusable: nothing is saved."""
     http.get(RFC8414, payload=metadata())
     http.post(REG, status=201, payload={"client_secret": "x"})
+    http.post(TOKEN, payload={"access_token": "at", "token_type": "Bearer"}, repeat=True)
     with pytest.raises(MalformedResponse, match="client_id"):
         await flow.run(make_settings(tmp_path))
     assert not (tmp_path / ".dcr_client.json").exists()
@@ -105,6 +109,7 @@ async def test_registration_without_needed_secret_is_not_saved(http: aioresponse
     """client_secret_basic but no client_secret in the answer: refused before saving."""
     http.get(RFC8414, payload=metadata())
     http.post(REG, status=201, payload=client_info(client_secret=None))
+    http.post(TOKEN, payload={"access_token": "at", "token_type": "Bearer"}, repeat=True)
     with pytest.raises(MalformedResponse, match="no client_secret"):
         await flow.run(make_settings(tmp_path))
 
@@ -113,6 +118,7 @@ async def test_registration_malformed_json_is_reported(http: aioresponses, tmp_p
     """A 201 whose body is not JSON: MalformedResponse."""
     http.get(RFC8414, payload=metadata())
     http.post(REG, status=201, body="{not json")
+    http.post(TOKEN, payload={"access_token": "at", "token_type": "Bearer"}, repeat=True)
     with pytest.raises(MalformedResponse):
         await flow.run(make_settings(tmp_path))
 
@@ -121,7 +127,7 @@ async def test_invalid_token_maps_to_its_exception(http: aioresponses, tmp_path:
     """RFC 6750 invalid_token on registration becomes InvalidToken with a hint."""
     http.get(RFC8414, payload=metadata())
     http.post(REG, status=401, payload={"error": "invalid_token", "error_description": "Failed decode token"})
-    with pytest.raises(InvalidToken, match="mint a new one") as info:
+    with pytest.raises(InvalidToken, match="DCR_INITIAL_ACCESS_TOKEN") as info:
         await flow.run(make_settings(tmp_path))
     assert "iat-secret-value" not in str(info.value)
 
@@ -130,6 +136,7 @@ async def test_registered_file_has_seed_keys_and_mode_0600(http: aioresponses, t
     """The saved file has the seed's keys and is 0600."""
     http.get(RFC8414, payload=metadata())
     http.post(REG, status=201, payload=client_info())
+    http.post(TOKEN, payload={"access_token": "at", "token_type": "Bearer"}, repeat=True)
     await flow.run(make_settings(tmp_path))
     path = tmp_path / ".dcr_client.json"
     data = json.loads(path.read_text())
@@ -143,6 +150,7 @@ async def test_reload_saves_a_rotated_registration_token(http: aioresponses, tmp
     """A server that rotates the registration access token on read gets the new one saved."""
     http.get(RFC8414, payload=metadata(), repeat=True)
     http.post(REG, status=201, payload=client_info())
+    http.post(TOKEN, payload={"access_token": "at", "token_type": "Bearer"}, repeat=True)
     settings = make_settings(tmp_path)
     await flow.run(settings)
     http.get(f"{REG}/cid-1", payload=client_info(registration_access_token="rotated-token"))
@@ -155,6 +163,7 @@ async def test_server_without_management_is_checked_by_token_request(http: aiore
     """No registration_client_uri: the saved credentials are proven by a client_credentials request."""
     http.get(RFC8414, payload=metadata(), repeat=True)
     http.post(REG, status=201, payload=client_info(registration_client_uri=None, registration_access_token=None))
+    http.post(TOKEN, payload={"access_token": "at", "token_type": "Bearer"})
     settings = make_settings(tmp_path)
     await flow.run(settings)
     http.post(TOKEN, payload={"access_token": "at", "token_type": "Bearer"})
@@ -167,10 +176,13 @@ async def test_server_without_management_reregisters_on_rejected_credentials(
     """No management and the token request fails: register again."""
     http.get(RFC8414, payload=metadata(), repeat=True)
     http.post(REG, status=201, payload=client_info(registration_client_uri=None, registration_access_token=None))
+    http.post(TOKEN, payload={"access_token": "at", "token_type": "Bearer"})
     settings = make_settings(tmp_path)
     await flow.run(settings)
     http.post(TOKEN, status=401, payload={"error": "invalid_client"})
     http.post(REG, status=201, payload=client_info(client_id="cid-2"))
+    http.post(TOKEN, payload={"access_token": "at", "token_type": "Bearer"})
+    http.post(TOKEN, payload={"access_token": "at", "token_type": "Bearer"}, repeat=True)
     outcome = await flow.run(settings)
     assert (outcome.action, outcome.registration.client_id) == ("registered", "cid-2")
 

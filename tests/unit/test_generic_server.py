@@ -7,115 +7,23 @@ not UUIDs. Nothing in the tool may depend on Keycloak's paths or habits to pass 
 
 from __future__ import annotations
 
-import base64
 import json
-import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
 
 from bootstrap import flow
 from bootstrap.errors import InvalidClientMetadata
 from bootstrap.settings import Settings
-
-IAT = "initial-token-value"
-
-
-class FakeServer:
-    def __init__(self) -> None:
-        self.base = ""
-        self.clients: dict[str, dict[str, Any]] = {}
-        self.registered = 0
-        self.tokens: dict[str, str] = {}  # registration access token -> client id
-        self.app = web.Application()
-        self.app.add_routes(
-            [
-                web.get("/.well-known/oauth-authorization-server", self.metadata),
-                web.post("/connect/register", self.register),
-                web.get("/connect/register/{cid}", self.read),
-                web.put("/connect/register/{cid}", self.update),
-                web.delete("/connect/register/{cid}", self.delete),
-                web.post("/connect/token", self.token),
-            ]
-        )
-
-    async def metadata(self, _: web.Request) -> web.Response:
-        return web.json_response(
-            {
-                "issuer": self.base,
-                "registration_endpoint": f"{self.base}/connect/register",
-                "token_endpoint": f"{self.base}/connect/token",
-            }
-        )
-
-    def _issue(self, cid: str) -> dict[str, Any]:
-        rat = secrets.token_urlsafe(16)
-        self.tokens = {t: c for t, c in self.tokens.items() if c != cid} | {rat: cid}
-        return self.clients[cid] | {
-            "registration_access_token": rat,
-            "registration_client_uri": f"{self.base}/connect/register/{cid}",
-        }
-
-    async def register(self, request: web.Request) -> web.Response:
-        if request.headers.get("Authorization") != f"Bearer {IAT}":
-            return web.json_response({"error": "invalid_token"}, status=401)
-        body = await request.json()
-        if body.get("token_endpoint_auth_method") not in ("client_secret_basic", "client_secret_post"):
-            return web.json_response({"error": "invalid_client_metadata"}, status=400)
-        self.registered += 1
-        cid = f"client-{self.registered}"
-        self.clients[cid] = body | {"client_id": cid, "client_secret": secrets.token_urlsafe(16)}
-        return web.json_response(self._issue(cid), status=201)
-
-    def _authorized(self, request: web.Request) -> str | None:
-        cid = request.match_info["cid"]
-        token = request.headers.get("Authorization", "").removeprefix("Bearer ")
-        return cid if self.tokens.get(token) == cid and cid in self.clients else None
-
-    async def read(self, request: web.Request) -> web.Response:
-        cid = self._authorized(request)
-        if cid is None:
-            return web.json_response({"error": "invalid_token"}, status=401)
-        return web.json_response(self._issue(cid))  # rotates on every read
-
-    async def update(self, request: web.Request) -> web.Response:
-        cid = self._authorized(request)
-        if cid is None:
-            return web.json_response({"error": "invalid_token"}, status=401)
-        body = await request.json()
-        assert "registration_access_token" not in body and "registration_client_uri" not in body
-        assert body["client_secret"] == self.clients[cid]["client_secret"]
-        self.clients[cid] = body
-        return web.json_response(self._issue(cid))
-
-    async def delete(self, request: web.Request) -> web.Response:
-        cid = self._authorized(request)
-        if cid is None:
-            return web.json_response({"error": "invalid_token"}, status=401)
-        del self.clients[cid]
-        return web.Response(status=204)
-
-    async def token(self, request: web.Request) -> web.Response:
-        cid, _, secret = base64.b64decode(request.headers["Authorization"].split()[1]).decode().partition(":")
-        if self.clients.get(cid, {}).get("client_secret") != secret:
-            return web.json_response({"error": "invalid_client"}, status=401)
-        return web.json_response({"access_token": "at", "token_type": "Bearer"})
+from tests.fakeserver import IAT, FakeServer, serving
 
 
 @pytest.fixture
 async def server() -> AsyncIterator[FakeServer]:
-    fake = FakeServer()
-    runner = web.AppRunner(fake.app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    fake.base = f"http://127.0.0.1:{port}"
-    yield fake
-    await runner.cleanup()
+    async with serving(FakeServer()) as fake:
+        yield fake
 
 
 def settings_for(server: FakeServer, tmp_path: Path, **overrides: object) -> Settings:

@@ -7,14 +7,13 @@ from typing import Any
 from pydantic import SecretStr
 from tenacity import RetryCallState
 
-from bootstrap import log
+from bootstrap import keycloak, log
 from bootstrap._http import Response, Transport, retry_after
 from bootstrap.discovery import discovery_urls
-from bootstrap.errors import ClientGone, InsufficientScope, InvalidClientMetadata, Unavailable
+from bootstrap.errors import ClientGone, InsufficientScope, InvalidClientMetadata, NotAllowed, Unavailable
 from bootstrap.models import ClientInformation, ClientMetadata
-from bootstrap.registration import _gone_or_rejected, rejection, update_body
-from bootstrap.settings import Settings
-from bootstrap.wait import Deadline, RetryPolicy, testing
+from bootstrap.registration import management_error, rejection, update_body
+from bootstrap.wait import Deadline, RetryPolicy, no_backoff
 
 
 def test_discovery_urls_follow_rfc8414_then_openid() -> None:
@@ -46,12 +45,19 @@ def test_keycloak_trusted_hosts_rejection_gets_the_keycloak_hint() -> None:
     body = b'{"error":"insufficient_scope","error_description":"Policy \'Trusted Hosts\' rejected request"}'
     exc = rejection(Response(403, "u", body=body), "Registration was rejected")
     assert isinstance(exc, InsufficientScope)
-    assert "DCR_INITIAL_ACCESS_TOKEN" in str(exc) and "Trusted Hosts" in str(exc)
+    hint = keycloak.hint_for(exc, "http://kc")
+    assert hint is not None and "DCR_INITIAL_ACCESS_TOKEN" in hint and "Trusted Hosts" in hint
 
 
 def test_management_401_means_the_client_is_gone() -> None:
     """RFC 7592: 401 on read means the registration no longer exists (or its token was revoked)."""
-    assert isinstance(_gone_or_rejected(Response(401, "u", body=b"{}"), "read"), ClientGone)
+    assert isinstance(management_error(Response(401, "u", body=b"{}"), "read"), ClientGone)
+
+
+def test_management_403_means_not_allowed_not_gone() -> None:
+    """RFC 7592: 403 is a policy refusal; it must never look like a vanished client."""
+    exc = management_error(Response(403, "u", body=b"{}"), "read")
+    assert isinstance(exc, NotAllowed) and not isinstance(exc, ClientGone)
 
 
 def test_update_body_drops_server_managed_fields_and_applies_wanted_metadata() -> None:
@@ -97,24 +103,30 @@ def _state_with(exc: BaseException) -> RetryCallState:
 
 def test_retry_after_replaces_the_backoff() -> None:
     """A server's Retry-After is the next delay (when backoff is on)."""
-    testing(False)
     policy = RetryPolicy(Deadline(60), initial=0.5, maximum=10)
-    assert policy.delay(_state_with(Unavailable("429", retry_after=3.0))) == 3.0
+    with no_backoff(False):
+        assert policy.delay(_state_with(Unavailable("429", retry_after=3.0))) == 3.0
 
 
 def test_backoff_is_jittered_and_bounded() -> None:
     """Without Retry-After the delay is random, within [0, maximum]."""
-    testing(False)
     policy = RetryPolicy(Deadline(60), initial=0.5, maximum=2)
-    delays = {policy.delay(_state_with(Unavailable("down"))) for _ in range(20)}
+    with no_backoff(False):
+        delays = {policy.delay(_state_with(Unavailable("down"))) for _ in range(20)}
     assert all(0 <= d <= 2 for d in delays) and len(delays) > 1
+
+
+def test_refused_connections_are_probed_often() -> None:
+    """Nothing listening costs the server nothing: the next probe comes within a beat, not a backoff."""
+    policy = RetryPolicy(Deadline(60), initial=0.5, maximum=10)
+    with no_backoff(False):
+        delays = [policy.delay(_state_with(Unavailable("refused", connect=True))) for _ in range(20)]
+    assert max(delays) <= 0.25
 
 
 def test_split_horizon_rewrites_only_public_urls() -> None:
     """URLs under the public base go to the internal one; others are untouched."""
-    transport = Transport(
-        Settings(keycloak_url="http://localhost:8080", keycloak_realm="r", dcr_internal_url="http://keycloak:8080")
-    )
+    transport = Transport(attempt_timeout=1, public_base="http://localhost:8080", internal_base="http://keycloak:8080")
     assert transport.wire_url("http://localhost:8080/realms/r") == "http://keycloak:8080/realms/r"
     assert transport.wire_url("http://localhost:80800/x") == "http://localhost:80800/x"
     assert transport.wire_url("https://other/x") == "https://other/x"

@@ -102,7 +102,7 @@ def test_env_file_has_the_variables_an_unmodified_server_reads(tmp_path: Path) -
     assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
 
 
-def test_lock_creates_a_missing_directory(tmp_path: Path) -> None:
+async def test_lock_creates_a_missing_directory(tmp_path: Path) -> None:
     """The lock (and so the run) creates the credentials directory if it is missing."""
-    with store.locked(tmp_path / "new" / "c.json"):
+    async with store.locked(tmp_path / "new" / "c.json"):
         assert (tmp_path / "new").is_dir()

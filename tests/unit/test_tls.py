@@ -17,7 +17,8 @@ from cryptography.x509.oid import NameOID
 
 from bootstrap import flow
 from bootstrap.errors import ConfigError
-from tests.unit.test_generic_server import FakeServer, settings_for
+from tests.fakeserver import FakeServer
+from tests.unit.test_hardening import settings_for
 
 
 def _name(common_name: str) -> x509.Name:
@@ -67,7 +68,7 @@ async def tls_server(tmp_path: Path) -> AsyncIterator[tuple[FakeServer, Path]]:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert, key)
     fake = FakeServer()
-    runner = web.AppRunner(fake.app)
+    runner = web.AppRunner(fake.app())
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context)
     await site.start()

@@ -1,0 +1,155 @@
+"""A small RFC 8414/7591/7592 server on loopback that can be told to misbehave.
+
+It records every request (method, path, Authorization header) for assertions instead of asserting
+in its handlers (an assert there would become a 500, which the tool retries until its deadline).
+Hostile behaviour is scripted: ``metadata`` and ``register_extra`` override what it says,
+``fail_next`` answers the next request to a path with a status, ``rotate_on_read`` rotates the
+registration access token on every RFC 7592 read.
+"""
+
+from __future__ import annotations
+
+import base64
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+IAT = "initial-token-value"
+
+
+@dataclass
+class Seen:
+    method: str
+    path: str
+    authorization: str
+
+
+@dataclass
+class FakeServer:
+    base: str = ""
+    clients: dict[str, dict[str, Any]] = field(default_factory=dict)
+    tokens: dict[str, str] = field(default_factory=dict)  # registration access token -> client id
+    registered: int = 0
+    seen: list[Seen] = field(default_factory=list)
+    metadata_extra: dict[str, Any] = field(default_factory=dict)
+    register_extra: dict[str, Any] = field(default_factory=dict)
+    failures: dict[str, list[tuple[int, dict[str, str], bytes]]] = field(default_factory=dict)
+    rotate_on_read: bool = True
+    echo_authorization: bool = False
+
+    def fail_next(self, path: str, status: int, *, headers: dict[str, str] | None = None, body: bytes = b"{}") -> None:
+        self.failures.setdefault(path, []).append((status, headers or {}, body))
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[self._record])
+        app.add_routes(
+            [
+                web.get("/.well-known/oauth-authorization-server", self.metadata),
+                web.post("/connect/register", self.register),
+                web.get("/connect/register/{cid}", self.read),
+                web.put("/connect/register/{cid}", self.update),
+                web.delete("/connect/register/{cid}", self.delete),
+                web.post("/connect/token", self.token),
+            ]
+        )
+        return app
+
+    @web.middleware
+    async def _record(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        self.seen.append(Seen(request.method, request.path, request.headers.get("Authorization", "")))
+        queued = self.failures.get(request.path)
+        if queued:
+            status, headers, body = queued.pop(0)
+            return web.Response(status=status, headers=headers, body=body, content_type="application/json")
+        response: web.StreamResponse = await handler(request)
+        return response
+
+    def count(self, method: str, path: str) -> int:
+        return sum(1 for s in self.seen if s.method == method and s.path == path)
+
+    async def metadata(self, _: web.Request) -> web.Response:
+        doc = {
+            "issuer": self.base,
+            "registration_endpoint": f"{self.base}/connect/register",
+            "token_endpoint": f"{self.base}/connect/token",
+        }
+        return web.json_response(doc | self.metadata_extra)
+
+    def _issue(self, cid: str) -> dict[str, Any]:
+        rat = secrets.token_urlsafe(16)
+        self.tokens = {t: c for t, c in self.tokens.items() if c != cid} | {rat: cid}
+        return self.clients[cid] | {
+            "registration_access_token": rat,
+            "registration_client_uri": f"{self.base}/connect/register/{cid}",
+        }
+
+    async def register(self, request: web.Request) -> web.Response:
+        if request.headers.get("Authorization") != f"Bearer {IAT}":
+            return web.json_response({"error": "invalid_token"}, status=401)
+        body = await request.json()
+        if body.get("token_endpoint_auth_method") not in ("client_secret_basic", "client_secret_post"):
+            return web.json_response({"error": "invalid_client_metadata"}, status=400)
+        self.registered += 1
+        cid = f"client-{self.registered}"
+        self.clients[cid] = body | {"client_id": cid, "client_secret": secrets.token_urlsafe(16)}
+        answer = self._issue(cid) | self.register_extra
+        if "client_id" in self.register_extra:  # a hostile id: remember the client under it too
+            self.clients[self.register_extra["client_id"]] = self.clients[cid]
+        return web.json_response({k: v for k, v in answer.items() if v is not None}, status=201)
+
+    def _authorized(self, request: web.Request) -> str | None:
+        cid = request.match_info["cid"]
+        token = request.headers.get("Authorization", "").removeprefix("Bearer ")
+        return cid if self.tokens.get(token) == cid and cid in self.clients else None
+
+    async def read(self, request: web.Request) -> web.Response:
+        cid = self._authorized(request)
+        if cid is None:
+            return web.json_response({"error": "invalid_token"}, status=401)
+        if self.rotate_on_read:
+            return web.json_response(self._issue(cid))
+        return web.json_response(self.clients[cid])
+
+    async def update(self, request: web.Request) -> web.Response:
+        cid = self._authorized(request)
+        if cid is None:
+            return web.json_response({"error": "invalid_token"}, status=401)
+        body = await request.json()
+        self.clients[cid] = body | {"client_secret": self.clients[cid]["client_secret"]}
+        return web.json_response(self._issue(cid))
+
+    async def delete(self, request: web.Request) -> web.Response:
+        cid = self._authorized(request)
+        if cid is None:
+            return web.json_response({"error": "invalid_token"}, status=401)
+        del self.clients[cid]
+        self.tokens = {t: c for t, c in self.tokens.items() if c != cid}
+        return web.Response(status=204)
+
+    async def token(self, request: web.Request) -> web.Response:
+        header = request.headers.get("Authorization", "")
+        try:
+            cid, _, secret = base64.b64decode(header.split()[1]).decode().partition(":")
+        except (IndexError, ValueError):
+            cid, secret = "", ""
+        if self.clients.get(cid, {}).get("client_secret") != secret:
+            description = f"bad credentials in {header}" if self.echo_authorization else "bad credentials"
+            return web.json_response({"error": "invalid_client", "error_description": description}, status=401)
+        return web.json_response({"access_token": "at", "token_type": "Bearer"})
+
+
+@asynccontextmanager
+async def serving(fake: FakeServer) -> AsyncIterator[FakeServer]:
+    runner = web.AppRunner(fake.app())
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    fake.base = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    try:
+        yield fake
+    finally:
+        await runner.cleanup()
