@@ -9,7 +9,6 @@ say() { printf '[setup] %s\n' "$*" >&2; }
 need_apt=()
 command -v java >/dev/null 2>&1 || need_apt+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null 2>&1 || need_apt+=(maven)
-command -v unzip >/dev/null 2>&1 || true  # the harness unzips with Python; unzip is not needed
 if ! command -v python3 >/dev/null 2>&1 || ! python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
   need_apt+=(python3 python3-venv)
 fi

@@ -9,16 +9,31 @@ registration access token on every RFC 7592 read.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
+from bootstrap.settings import Settings
+
 IAT = "initial-token-value"
+
+
+def settings_for(server: FakeServer, tmp_path: Path, **overrides: object) -> Settings:
+    """Settings for a run against ``server`` with the credentials file in ``tmp_path``."""
+    values: dict[str, object] = {
+        "dcr_issuer": server.base,
+        "dcr_initial_access_token": IAT,
+        "dcr_client_file": tmp_path / "client.json",
+        "dcr_wait_timeout": 5,
+    }
+    return Settings(**(values | overrides)).check()  # type: ignore[arg-type]
 
 
 @dataclass
@@ -40,6 +55,7 @@ class FakeServer:
     failures: dict[str, list[tuple[int, dict[str, str], bytes]]] = field(default_factory=dict)
     rotate_on_read: bool = True
     echo_authorization: bool = False
+    slow: dict[str, float] = field(default_factory=dict)  # "METHOD /path" -> seconds the server takes
 
     def fail_next(self, path: str, status: int, *, headers: dict[str, str] | None = None, body: bytes = b"{}") -> None:
         self.failures.setdefault(path, []).append((status, headers or {}, body))
@@ -61,6 +77,9 @@ class FakeServer:
     @web.middleware
     async def _record(self, request: web.Request, handler: Any) -> web.StreamResponse:
         self.seen.append(Seen(request.method, request.path, request.headers.get("Authorization", "")))
+        delay = self.slow.get(f"{request.method} {request.path}")
+        if delay:
+            await asyncio.sleep(delay)  # the server is slow, not the test
         queued = self.failures.get(request.path)
         if queued:
             status, headers, body = queued.pop(0)

@@ -16,24 +16,13 @@ import pytest
 
 from bootstrap import flow
 from bootstrap.errors import InvalidClientMetadata
-from bootstrap.settings import Settings
-from tests.fakeserver import IAT, FakeServer, serving
+from tests.fakeserver import FakeServer, serving, settings_for
 
 
 @pytest.fixture
 async def server() -> AsyncIterator[FakeServer]:
     async with serving(FakeServer()) as fake:
         yield fake
-
-
-def settings_for(server: FakeServer, tmp_path: Path, **overrides: object) -> Settings:
-    values: dict[str, object] = {
-        "dcr_issuer": server.base,
-        "dcr_initial_access_token": IAT,
-        "dcr_client_file": tmp_path / "client.json",
-        "dcr_wait_timeout": 10,
-    }
-    return Settings(**(values | overrides)).check()  # type: ignore[arg-type]
 
 
 def saved(tmp_path: Path) -> dict[str, Any]:

@@ -29,23 +29,13 @@ from bootstrap.errors import (
     StorageError,
 )
 from bootstrap.settings import Settings, load_settings
-from tests.fakeserver import IAT, FakeServer, serving
+from tests.fakeserver import IAT, FakeServer, serving, settings_for
 
 
 @pytest.fixture
 async def server() -> AsyncIterator[FakeServer]:
     async with serving(FakeServer()) as fake:
         yield fake
-
-
-def settings_for(server: FakeServer, tmp_path: Path, **overrides: object) -> Settings:
-    values: dict[str, object] = {
-        "dcr_issuer": server.base,
-        "dcr_initial_access_token": IAT,
-        "dcr_client_file": tmp_path / "client.json",
-        "dcr_wait_timeout": 5,
-    }
-    return Settings(**(values | overrides)).check()  # type: ignore[arg-type]
 
 
 def saved(tmp_path: Path) -> dict[str, Any]:
@@ -349,3 +339,62 @@ def test_show_into_a_closed_pipe_is_quiet(tmp_path: Path) -> None:
         check=False,
     )
     assert "BrokenPipe" not in proc.stderr
+
+
+# --- more of the cases under Why ---
+
+
+async def test_a_registration_client_uri_on_another_origin_gets_no_token(server: FakeServer, tmp_path: Path) -> None:
+    settings = settings_for(server, tmp_path)
+    await flow.run(settings)
+    data = saved(tmp_path) | {"registration_client_uri": "http://127.0.0.2:9/connect/register/client-1"}
+    (tmp_path / "client.json").write_text(json.dumps(data))
+    with pytest.raises(ServerResponseError, match="outside the issuer's origin"):
+        await flow.run(settings)
+
+
+async def test_a_put_that_timed_out_is_not_retried_with_the_old_token(server: FakeServer, tmp_path: Path) -> None:
+    await flow.run(settings_for(server, tmp_path))
+    server.slow["PUT /connect/register/client-1"] = 2.0
+    changed = settings_for(server, tmp_path, dcr_client_name="renamed", dcr_attempt_timeout=0.5)
+    with pytest.raises(ServerResponseError, match="may have acted on it"):
+        await flow.run(changed)
+    assert server.count("PUT", "/connect/register/client-1") == 1
+
+
+def test_initial_token_against_an_unreachable_server_exits_3(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KEYCLOAK_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("KEYCLOAK_REALM", "r")
+    monkeypatch.setenv("KEYCLOAK_ADMIN_USERNAME", "admin")
+    monkeypatch.setenv("KEYCLOAK_ADMIN_PASSWORD", "admin-password")
+    monkeypatch.setenv("DCR_WAIT_TIMEOUT", "0.3")
+    assert cli.run(["initial-token"]) == ExitCode.NOT_READY
+
+
+async def test_a_static_mode_file_is_kept_as_a_backup_when_dcr_takes_over(server: FakeServer, tmp_path: Path) -> None:
+    path = tmp_path / "client.json"
+    path.write_text(
+        json.dumps({"client_id": "static-id", "client_secret": "s", "issuer": server.base, "mode": "static"})
+    )
+    await flow.run(settings_for(server, tmp_path))
+    backups = [tmp_path / name for name in os.listdir(tmp_path) if name.endswith(".bak")]
+    assert [json.loads(b.read_text())["client_id"] for b in backups] == ["static-id"]
+
+
+async def test_an_echoed_authorization_header_never_reaches_the_log(server: FakeServer, tmp_path: Path) -> None:
+    server.echo_authorization = True
+    env = {
+        "PATH": os.environ["PATH"],
+        "USE_DCR": "false",
+        "DCR_ISSUER": server.base,
+        "KEYCLOAK_CLIENT_ID": "echo-client",
+        "KEYCLOAK_CLIENT_SECRET": "wrong-secret-value",
+        "DCR_CLIENT_FILE": str(tmp_path / "client.json"),
+        "DCR_LOG_FORMAT": "json",
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bootstrap", env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    _, err = await proc.communicate()
+    assert proc.returncode == ExitCode.CREDENTIALS_REJECTED
+    assert "ZWNoby1jbGllbnQ6d3Jvbmctc2VjcmV0LXZhbHVl" not in err.decode()  # base64 of echo-client:wrong-secret-value

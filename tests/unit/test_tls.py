@@ -17,8 +17,7 @@ from cryptography.x509.oid import NameOID
 
 from bootstrap import flow
 from bootstrap.errors import ConfigError
-from tests.fakeserver import FakeServer
-from tests.unit.test_hardening import settings_for
+from tests.fakeserver import FakeServer, settings_for
 
 
 def _name(common_name: str) -> x509.Name:
