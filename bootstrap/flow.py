@@ -235,7 +235,7 @@ def _check_new(ctx: _Run, new: SavedRegistration) -> None:
         store.env_lines(new)  # refuses values a shell or docker --env-file cannot carry, before any proof
     asked = ctx.wanted.token_endpoint_auth_method
     given = new.token_endpoint_auth_method or asked
-    if asked in SECRET_AUTH_METHODS and (given not in SECRET_AUTH_METHODS or new.client_secret is None):
+    if ctx.wanted.needs_secret and (given not in SECRET_AUTH_METHODS or new.client_secret is None):
         raise MalformedResponse(
             f"The server registered client {new.client_id} with token_endpoint_auth_method {given!r} and "
             f"{'a' if new.client_secret else 'no'} client_secret, but we asked for {asked}; a client without "
@@ -269,7 +269,7 @@ async def _delete_new(ctx: _Run, new: SavedRegistration) -> str:
         await asyncio.shield(registration.delete(ctx.transport, uri, token.get_secret_value(), budget=CLEANUP_TIMEOUT))
     except ClientGone:
         pass
-    except (BootstrapError, Exception) as exc:
+    except Exception as exc:  # any failure: report it, and keep the error that made us clean up
         recorded = store.pending_path(path).exists()
         return f"Client {new.client_id} was created on the server and could not be deleted ({type(exc).__name__}); " + (
             f"it is recorded in {store.pending_path(path)}, and the next run finishes or deletes it."

@@ -3,14 +3,15 @@
 It records every request (method, path, Authorization header) for assertions instead of asserting
 in its handlers (an assert there would become a 500, which the tool retries until its deadline).
 Hostile behaviour is scripted: ``metadata`` and ``register_extra`` override what it says,
-``fail_next`` answers the next request to a path with a status, ``rotate_on_read`` rotates the
-registration access token on every RFC 7592 read.
+``fail_next`` answers the next request to a path with a status, and the registration access
+token rotates on every RFC 7592 read.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -36,6 +37,11 @@ def settings_for(server: FakeServer, tmp_path: Path, **overrides: object) -> Set
     return Settings(**(values | overrides)).check()  # type: ignore[arg-type]
 
 
+def saved(tmp_path: Path) -> dict[str, Any]:
+    """The credentials file that ``settings_for`` names, as JSON."""
+    return dict(json.loads((tmp_path / "client.json").read_text()))
+
+
 @dataclass
 class Seen:
     method: str
@@ -53,7 +59,6 @@ class FakeServer:
     metadata_extra: dict[str, Any] = field(default_factory=dict)
     register_extra: dict[str, Any] = field(default_factory=dict)
     failures: dict[str, list[tuple[int, dict[str, str], bytes]]] = field(default_factory=dict)
-    rotate_on_read: bool = True
     echo_authorization: bool = False
     slow: dict[str, float] = field(default_factory=dict)  # "METHOD /path" -> seconds the server takes
 
@@ -129,9 +134,7 @@ class FakeServer:
         cid = self._authorized(request)
         if cid is None:
             return web.json_response({"error": "invalid_token"}, status=401)
-        if self.rotate_on_read:
-            return web.json_response(self._issue(cid))
-        return web.json_response(self.clients[cid])
+        return web.json_response(self._issue(cid))
 
     async def update(self, request: web.Request) -> web.Response:
         cid = self._authorized(request)

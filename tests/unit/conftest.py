@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +11,7 @@ from aioresponses import aioresponses
 
 from bootstrap import wait
 from bootstrap.settings import Settings
+from tests.fakeserver import FakeServer, serving
 
 ISSUER = "https://as.example.test/realms/demo"
 REG = f"{ISSUER}/clients-registrations/openid-connect"
@@ -22,6 +23,13 @@ RFC8414 = "https://as.example.test/.well-known/oauth-authorization-server/realms
 def no_backoff() -> Iterator[None]:
     with wait.no_backoff():
         yield
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[FakeServer]:
+    """The loopback RFC 8414/7591/7592 server of tests/fakeserver.py, ready to misbehave."""
+    async with serving(FakeServer()) as fake:
+        yield fake
 
 
 @pytest.fixture(autouse=True)

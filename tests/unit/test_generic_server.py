@@ -7,26 +7,13 @@ not UUIDs. Nothing in the tool may depend on Keycloak's paths or habits to pass 
 
 from __future__ import annotations
 
-import json
-from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from bootstrap import flow
 from bootstrap.errors import InvalidClientMetadata
-from tests.fakeserver import FakeServer, serving, settings_for
-
-
-@pytest.fixture
-async def server() -> AsyncIterator[FakeServer]:
-    async with serving(FakeServer()) as fake:
-        yield fake
-
-
-def saved(tmp_path: Path) -> dict[str, Any]:
-    return dict(json.loads((tmp_path / "client.json").read_text()))
+from tests.fakeserver import FakeServer, saved, settings_for
 
 
 async def test_registers_then_reloads_saving_the_token_rotated_on_read(server: FakeServer, tmp_path: Path) -> None:

@@ -12,9 +12,7 @@ import os
 import stat
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -29,18 +27,7 @@ from bootstrap.errors import (
     StorageError,
 )
 from bootstrap.settings import Settings, load_settings
-from tests.fakeserver import IAT, FakeServer, serving, settings_for
-
-
-@pytest.fixture
-async def server() -> AsyncIterator[FakeServer]:
-    async with serving(FakeServer()) as fake:
-        yield fake
-
-
-def saved(tmp_path: Path) -> dict[str, Any]:
-    return dict(json.loads((tmp_path / "client.json").read_text()))
-
+from tests.fakeserver import IAT, FakeServer, saved, settings_for
 
 # --- 1. secrets go only to the issuer ---
 
