@@ -36,6 +36,8 @@ logger = log.get_logger()
 Action = Literal["registered", "reloaded", "updated", "static"]
 # Deleting a client we just created must not depend on the time the failed run had left.
 CLEANUP_TIMEOUT = 5.0
+# Deleting a per-Pod client on SIGTERM must finish well inside Kubernetes' default 30 s grace period.
+EXIT_DELETE_TIMEOUT = 15.0
 
 
 @dataclass(frozen=True)
@@ -408,9 +410,9 @@ async def _static(ctx: _Run, saved: SavedRegistration | None) -> Outcome:
     return Outcome("static", static)
 
 
-async def delete(settings: Settings) -> bool:
+async def delete(settings: Settings, budget: float | None = None) -> bool:
     """RFC 7592 DELETE, then remove the file(s). True if the server had the client."""
-    deadline = Deadline(settings.dcr_wait_timeout)
+    deadline = Deadline(settings.dcr_wait_timeout if budget is None else min(budget, settings.dcr_wait_timeout))
     async with store.locked(settings.dcr_client_file, deadline.remaining):
         saved = store.load(settings.dcr_client_file)
         if saved is None:

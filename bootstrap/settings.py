@@ -9,6 +9,7 @@ Everything is checked here, before any request: a bad value is one ConfigError l
 
 from __future__ import annotations
 
+import re
 import socket
 import ssl
 from pathlib import Path
@@ -41,6 +42,8 @@ KNOWN_GRANT_TYPES = frozenset(
 )
 # Keycloak stores client names in a 255-character column and answers 500 beyond it; stay well inside.
 MAX_CLIENT_NAME = 200
+# A DNS-1123 subdomain, what the API server accepts for Secret, Lease and namespace names.
+_K8S_NAME = re.compile(r"(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 
 
 def origin(url: str) -> str:
@@ -156,6 +159,24 @@ class Settings(BaseSettings):
     dcr_watch_interval: float = Field(
         300.0, gt=0, allow_inf_nan=False, description="Seconds between re-checks in 'watch' (sidecar) mode."
     )
+    dcr_delete_on_exit: bool = Field(
+        False,
+        description="'watch' only: on SIGTERM/SIGINT delete the client (RFC 7592) and the file, so a per-Pod "
+        "client never outlives its Pod.",
+    )
+
+    # --- Kubernetes shared store ---
+    dcr_k8s_secret: str | None = Field(
+        None,
+        description="Keep the registration in this Secret of the Pod's namespace, so all replicas share one "
+        "client (the file is still written).",
+    )
+    dcr_k8s_lease: str | None = Field(
+        None, description="Lease that lets one replica at a time register (with DCR_K8S_SECRET)."
+    )
+    dcr_k8s_namespace: str | None = Field(
+        None, description="Namespace of the Secret and Lease (default: the Pod's own namespace)."
+    )
 
     # --- logs ---
     dcr_log_format: Literal["auto", "json", "console"] = Field(
@@ -171,6 +192,13 @@ class Settings(BaseSettings):
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
         return _check_url(value) if value else None
+
+    @field_validator("dcr_k8s_secret", "dcr_k8s_lease", "dcr_k8s_namespace")
+    @classmethod
+    def _k8s_name(cls, value: str | None) -> str | None:
+        if value and not _K8S_NAME.fullmatch(value):
+            raise ValueError("must be a Kubernetes name: lower-case letters, digits, '-' and '.', at most 253")
+        return value or None
 
     @field_validator("dcr_trusted_origins")
     @classmethod
@@ -314,6 +342,11 @@ class Settings(BaseSettings):
             raise ConfigError(
                 f"USE_DCR=false but {missing} not set. Set USE_DCR=true to register by DCR, or provide static "
                 "credentials (KEYCLOAK_CLIENT_SECRET_FILE works too)."
+            )
+        if (self.dcr_k8s_lease or self.dcr_k8s_namespace) and not self.dcr_k8s_secret:
+            raise ConfigError(
+                "DCR_K8S_LEASE or DCR_K8S_NAMESPACE is set without DCR_K8S_SECRET; name the Secret that holds "
+                "the shared registration, or unset them."
             )
         if (
             self.use_dcr

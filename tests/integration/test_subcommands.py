@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import signal
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 from harness.keycloak import Admin, KeycloakServer
@@ -67,27 +70,48 @@ def test_initial_token_with_wrong_admin_password_fails_clearly(realm: str, env: 
     result.assert_clean("wrong-password")
 
 
-def test_watch_rechecks_until_terminated(env: dict[str, str], creds_file: Path) -> None:
-    """'watch' (sidecar mode) registers, re-checks on its interval, and exits 0 on SIGTERM."""
-    import signal
-    import subprocess
-    import sys
-
-    proc = subprocess.Popen(
+def _start_watch(env: dict[str, str], **extra: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
         [sys.executable, "-m", "bootstrap", "watch"],
-        env=env | {"DCR_WATCH_INTERVAL": "0.2"},
+        env=env | {"DCR_WATCH_INTERVAL": "0.2"} | extra,
         cwd=env["HOME"],
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def _written(proc: subprocess.Popen[str], count: int) -> list[str]:
     assert proc.stderr is not None
-    actions = []
+    actions: list[str] = []
     for line in proc.stderr:
         if '"Credentials written"' in line:
             actions.append(json.loads(line)["action"])
-            if len(actions) == 2:
+            if len(actions) == count:
                 break
+    return actions
+
+
+def test_watch_rechecks_until_terminated(env: dict[str, str], creds_file: Path) -> None:
+    """'watch' (sidecar mode) registers, re-checks on its interval, and exits 0 on SIGTERM."""
+    proc = _start_watch(env)
+    actions = _written(proc, 2)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=20) == 0
     assert actions == ["registered", "reloaded"]
     assert creds_file.exists()
+
+
+def test_watch_with_delete_on_exit_deletes_its_client_on_sigterm(
+    admin: Admin, realm: str, env: dict[str, str], creds_file: Path
+) -> None:
+    """DCR_DELETE_ON_EXIT: SIGTERM deletes the Pod's client on the server, so the count returns to before."""
+    before = len(admin.clients(realm))
+    proc = _start_watch(env, DCR_DELETE_ON_EXIT="true")
+    assert _written(proc, 1) == ["registered"]
+    assert len(admin.clients(realm)) == before + 1
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 0, stderr
+    assert len(admin.clients(realm)) == before
+    assert not creds_file.exists()
+    assert '"on_server": true' in stderr

@@ -85,3 +85,17 @@ def test_public_client_cannot_use_client_credentials() -> None:
     """client_credentials with auth method 'none' is refused before any request."""
     with pytest.raises(ConfigError, match="public client"):
         Settings(dcr_issuer="https://as.example.test", dcr_token_endpoint_auth_method="none").check()
+
+
+def test_kubernetes_names_must_be_valid(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Secret name the API server would refuse is exit 2 before any request, naming the variable."""
+    monkeypatch.setenv("DCR_K8S_SECRET", "Not_A_Name")
+    with pytest.raises(ConfigError, match="DCR_K8S_SECRET"):
+        load_settings()
+
+
+def test_lease_without_secret_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DCR_ISSUER", "https://as.example.test")
+    monkeypatch.setenv("DCR_K8S_LEASE", "mcp-dcr")
+    with pytest.raises(ConfigError, match="without DCR_K8S_SECRET"):
+        load_settings().check()
