@@ -19,20 +19,35 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiohttp
 
 from . import __version__
 from .errors import ConfigError, MalformedResponse, ServerResponseError, Unavailable
 from .log import get_logger, register_basic
-from .settings import origin
+from .urls import is_absolute_http, origin
 
 log = get_logger()
 
 # Statuses that mean "not processed, try again later". 500, 502 and 504 are not among them:
 # behind them the server (or the upstream of a gateway) may have created the client already.
 NOT_PROCESSED = frozenset({429, 503})
+
+
+def retryable(status: int | None, *, sent: bool, idempotent: bool) -> bool:
+    """The one answer to "may this attempt be repeated?".
+
+    ``status`` is None when no answer came. A request that never left (connection refused) is always
+    repeatable; one that left is repeated only if repeating is safe, or if the server said it did not
+    process it (429/503). Any other answer is the server's decision, not a transient failure.
+    """
+    if status is None:
+        return not sent or idempotent
+    if status >= 500 or status == 429:
+        return idempotent or status in NOT_PROCESSED
+    return False
+
+
 # No metadata, registration or token response comes near this; a larger one is a broken or hostile server.
 MAX_BODY = 1024 * 1024
 
@@ -153,14 +168,7 @@ class Transport:
     ) -> Response:
         """One attempt. ``budget`` (seconds) overrides the deadline-bound budget (clean-up after a failure)."""
         assert self._session is not None, "use 'async with Transport(...)'"
-        headers = {"Accept": "application/json"}
-        if bearer or basic:
-            self.check_secret_url(url, "token endpoint" if basic else "URL")
-        if bearer:
-            headers["Authorization"] = f"Bearer {bearer}"
-        if basic:
-            register_basic(*basic)
-            headers["Authorization"] = "Basic " + base64.b64encode(f"{basic[0]}:{basic[1]}".encode()).decode()
+        headers = self._headers(url, bearer, basic)
         if not is_absolute_http(url):
             raise ServerResponseError(f"{url!r} named by the server is not an absolute http(s) URL; nothing was sent.")
         target = self.wire_url(url)
@@ -179,37 +187,49 @@ class Transport:
                 status = resp.status
                 resp_headers = {k.lower(): v for k, v in resp.headers.items()}
                 body = await _read_capped(resp, target)
-        except (aiohttp.ClientConnectorCertificateError, aiohttp.ClientSSLError) as exc:
-            # A certificate problem does not heal by waiting: stop at once and say what to set.
-            raise ConfigError(
-                f"TLS verification failed for {target} ({type(exc).__name__}); trust the server's CA with "
-                "DCR_CA_BUNDLE=/path/to/ca.pem, or fix the URL."
-            ) from None
-        except aiohttp.ClientConnectorError as exc:
-            raise Unavailable(f"cannot connect to {target}: {exc.os_error.strerror or exc}", connect=True) from None
-        except aiohttp.InvalidURL:
-            raise ServerResponseError(f"{target} is not a valid URL; nothing was sent to it.") from None
         except (aiohttp.ClientError, TimeoutError) as exc:
-            reason = "timed out" if isinstance(exc, TimeoutError) else type(exc).__name__
-            if not idempotent:
-                raise ServerResponseError(
-                    f"{method} {target} failed after the request was sent ({reason}); the server may have "
-                    "acted on it. Check the server's clients, then run again."
-                ) from None
-            raise Unavailable(f"{method} {target}: {reason}") from None
+            raise _translate(exc, method, target, idempotent=idempotent) from None
         # Method, URL, status and time only: headers and bodies carry secrets.
         log.debug("HTTP", method=method, url=target, status=status, ms=round((time.monotonic() - started) * 1000))
-        if (status >= 500 or status == 429) and (idempotent or status in NOT_PROCESSED):
+        if retryable(status, sent=True, idempotent=idempotent):
             raise Unavailable(
                 f"{method} {target} answered HTTP {status}",
+                status=status,
                 retry_after=retry_after(resp_headers.get("retry-after")),
             )
         return Response(status=status, url=url, headers=resp_headers, body=body)
 
+    def _headers(self, url: str, bearer: str | None, basic: tuple[str, str] | None) -> dict[str, str]:
+        headers = {"Accept": "application/json"}
+        if bearer or basic:
+            self.check_secret_url(url, "token endpoint" if basic else "URL")
+        if bearer:
+            headers["Authorization"] = f"Bearer {bearer}"
+        if basic:
+            register_basic(*basic)
+            headers["Authorization"] = "Basic " + base64.b64encode(f"{basic[0]}:{basic[1]}".encode()).decode()
+        return headers
 
-def is_absolute_http(url: str) -> bool:
-    parts = urlsplit(url)
-    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+def _translate(exc: aiohttp.ClientError | TimeoutError, method: str, target: str, *, idempotent: bool) -> Exception:
+    """aiohttp's and asyncio's failures, as the one error each means to us."""
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError | aiohttp.ClientSSLError):
+        # A certificate problem does not heal by waiting: stop at once and say what to set.
+        return ConfigError(
+            f"TLS verification failed for {target} ({type(exc).__name__}); trust the server's CA with "
+            "DCR_CA_BUNDLE=/path/to/ca.pem, or fix the URL."
+        )
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return Unavailable(f"cannot connect to {target}: {exc.os_error.strerror or exc}", connect=True)
+    if isinstance(exc, aiohttp.InvalidURL):
+        return ServerResponseError(f"{target} is not a valid URL; nothing was sent to it.")
+    reason = "timed out" if isinstance(exc, TimeoutError) else type(exc).__name__
+    if not retryable(None, sent=True, idempotent=idempotent):
+        return ServerResponseError(
+            f"{method} {target} failed after the request was sent ({reason}); the server may have "
+            "acted on it. Check the server's clients, then run again."
+        )
+    return Unavailable(f"{method} {target}: {reason}")
 
 
 async def _read_capped(resp: aiohttp.ClientResponse, url: str) -> bytes:

@@ -103,14 +103,22 @@ class Unavailable(Exception):
 
     Not a ``BootstrapError``: the retry policy consumes it, and turns the last one into
     ``ServerNotReady`` when the deadline passes. ``connect`` marks "nothing listens yet", which
-    costs the server nothing and is probed more often than a server that answers "busy".
+    costs the server nothing and is probed more often than a server that answers "busy"; ``status``
+    is the HTTP status when the server answered.
     """
 
     def __init__(
-        self, reason: str, *, retry_after: float | None = None, connect: bool = False, out_of_time: bool = False
+        self,
+        reason: str,
+        *,
+        status: int | None = None,
+        retry_after: float | None = None,
+        connect: bool = False,
+        out_of_time: bool = False,
     ) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.status = status
         self.retry_after = retry_after
         self.connect = connect
         self.out_of_time = out_of_time

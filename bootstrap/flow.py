@@ -26,6 +26,7 @@ from .errors import (
     DiscoveryError,
     MalformedResponse,
     RegistrationRejected,
+    ServerResponseError,
     StorageError,
 )
 from .models import SECRET_AUTH_METHODS, ClientInformation, ClientMetadata, SavedRegistration, ServerMetadata, is_vschar
@@ -118,27 +119,38 @@ async def run(settings: Settings) -> Outcome:
         saved = store.load(path)
         pending = store.load_pending(path)
         async with transport:
+            wanted = wanted_metadata(settings)
+            if pending is None and saved is not None:
+                found = await _quick_reload(transport, settings, policy, wanted, saved)
+                if isinstance(found, Outcome):
+                    return found
+                saved = found
             server = await policy.call("discovery", discovery.discover, transport, settings.expected_issuer)
-            ctx = _Run(transport, settings, server, policy, wanted_metadata(settings))
+            ctx = _Run(transport, settings, server, policy, wanted)
             if not settings.use_dcr:
                 return await _static(ctx, saved)
             endpoint = discovery.require_registration_endpoint(server)
             logger.info("Discovered DCR endpoint", endpoint=endpoint, issuer=server.issuer)
             if pending is not None and (adopted := await _adopt(ctx, pending)) is not None:
                 return adopted
-            if saved is not None and _belongs_to(saved, server, endpoint):
-                if (outcome := await _reload(ctx, saved)) is not None:
-                    return outcome
-            elif saved is not None:
-                kept = store.backup(path)
-                logger.warning(
-                    "Saved registration is for another server or mode; kept it as a backup and registering anew",
-                    saved_issuer=saved.issuer,
-                    saved_mode=saved.mode,
-                    issuer=server.issuer,
-                    backup=str(kept),
-                )
+            if saved is not None and (reloaded := await _reload_or_set_aside(ctx, saved, endpoint)) is not None:
+                return reloaded
             return await _register(ctx, endpoint)
+
+
+async def _reload_or_set_aside(ctx: _Run, saved: SavedRegistration, endpoint: str) -> Outcome | None:
+    """The saved client if it is still good; None to register (a file of another server is kept aside)."""
+    if _belongs_to(saved, ctx.server, endpoint):
+        return await _reload(ctx, saved)
+    kept = store.backup(ctx.settings.dcr_client_file)
+    logger.warning(
+        "Saved registration is for another server or mode; kept it as a backup and registering anew",
+        saved_issuer=saved.issuer,
+        saved_mode=saved.mode,
+        issuer=ctx.server.issuer,
+        backup=str(kept),
+    )
+    return None
 
 
 def _belongs_to(saved: SavedRegistration, server: ServerMetadata, endpoint: str) -> bool:
@@ -286,20 +298,58 @@ async def _delete_new(ctx: _Run, new: SavedRegistration) -> str:
 # --- a saved client ---
 
 
-async def _reload(ctx: _Run, saved: SavedRegistration) -> Outcome | None:
-    """Check the saved registration; None means 'gone, register again'."""
-    uri, token = saved.registration_client_uri, saved.registration_access_token
-    if uri is None or token is None:
-        return await _keep_if_working(ctx, saved, None)
+def _saved_server(settings: Settings, saved: SavedRegistration) -> ServerMetadata | None:
+    """The server as the saved file knows it, when that is enough for a restart without discovery."""
+    if not (settings.use_dcr and saved.mode == "dcr" and saved.issuer and saved.token_endpoint):
+        return None
+    if not (saved.registration_client_uri and saved.registration_access_token):
+        return None
+    if saved.issuer.rstrip("/") != settings.expected_issuer.rstrip("/"):
+        return None
+    return ServerMetadata(issuer=saved.issuer, token_endpoint=saved.token_endpoint)
+
+
+async def _quick_reload(
+    transport: Transport, settings: Settings, policy: RetryPolicy, wanted: ClientMetadata, saved: SavedRegistration
+) -> Outcome | SavedRegistration:
+    """A restart in one request: the RFC 7592 read alone, with the URLs the file keeps.
+
+    Anything but "unchanged" (gone, an update due, an odd answer) is left to the full path after
+    discovery, which then decides with fresh metadata; what this read rotated is kept for it.
+    """
+    known = _saved_server(settings, saved)
+    if known is None:
+        return saved
+    ctx = _Run(transport, settings, known, policy, wanted)
     try:
-        info = await ctx.policy.call(
-            "registration read", registration.read, ctx.transport, uri, token.get_secret_value()
-        )
-    except ClientGone as exc:
-        return await _keep_if_working(ctx, saved, exc)
+        _, current = await _read(ctx, saved)
+    except (ClientGone, ServerResponseError):
+        return saved
+    if current.metadata_fingerprint == wanted.fingerprint:
+        logger.info("Loaded registration for client", client_id=current.client_id)
+        return Outcome("reloaded", current)
+    return current
+
+
+async def _read(ctx: _Run, saved: SavedRegistration) -> tuple[ClientInformation, SavedRegistration]:
+    uri, token = saved.registration_client_uri, saved.registration_access_token
+    assert uri is not None and token is not None
+    info = await ctx.policy.call("registration read", registration.read, ctx.transport, uri, token.get_secret_value())
     # Servers may rotate the registration access token on any call: keep what came back, first.
     current = _merge(info, ctx.server, saved, saved.metadata_fingerprint)
     _save(ctx, current)
+    return info, current
+
+
+async def _reload(ctx: _Run, saved: SavedRegistration) -> Outcome | None:
+    """Check the saved registration; None means 'gone, register again'."""
+    uri = saved.registration_client_uri
+    if uri is None or saved.registration_access_token is None:
+        return await _keep_if_working(ctx, saved, None)
+    try:
+        info, current = await _read(ctx, saved)
+    except ClientGone as exc:
+        return await _keep_if_working(ctx, saved, exc)
     if current.metadata_fingerprint == ctx.wanted.fingerprint:
         logger.info("Loaded registration for client", client_id=current.client_id)
         return Outcome("reloaded", current)

@@ -119,7 +119,3 @@ class SavedRegistration(BaseModel):
             value = getattr(self, key)
             data[key] = value.get_secret_value() if value is not None else None
         return data
-
-    def redacted(self) -> dict[str, Any]:
-        """What ``show`` prints: pydantic renders each SecretStr as '**********' in JSON mode."""
-        return self.model_dump(mode="json")

@@ -22,6 +22,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from . import keycloak
 from .errors import ConfigError
 from .models import is_vschar
+from .urls import origin
 
 CsvList = Annotated[list[str], NoDecode]
 
@@ -44,14 +45,6 @@ KNOWN_GRANT_TYPES = frozenset(
 MAX_CLIENT_NAME = 200
 # A DNS-1123 subdomain, what the API server accepts for Secret, Lease and namespace names.
 _K8S_NAME = re.compile(r"(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
-
-
-def origin(url: str) -> str:
-    """scheme://host:port with the default port made explicit, for comparing where URLs point."""
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    port = parts.port or {"http": 80, "https": 443}.get(scheme, 0)
-    return f"{scheme}://{(parts.hostname or '').lower()}:{port}"
 
 
 def _check_url(value: str, *, path_allowed: bool = True) -> str:

@@ -1,11 +1,12 @@
 """The retry policy: one deadline for the run, cheap probes while nothing listens, backoff otherwise.
 
-One predicate decides what is retryable: ``Unavailable`` (nothing listens yet, timeouts, 5xx, 429,
-404 while the realm does not exist yet). "Connection refused" costs the server nothing, so it is
-probed every ``PROBE_INTERVAL`` and the run notices a server within a beat of it coming up; a server
-that answers "busy" gets exponential backoff with full jitter, or exactly the Retry-After it asks
-for. A Retry-After beyond the deadline ends the run at once: waiting could not help.
-``no_backoff()`` is the test switch: every delay becomes zero (deadlines still apply).
+What is retryable is decided once, where the answer is seen (``_http.retryable``, and discovery's
+404 while the realm does not exist yet), and arrives here as ``Unavailable``. "Connection refused"
+costs the server nothing, so it is probed every ``PROBE_INTERVAL`` and the run notices a server
+within a beat of it coming up; a server that answers "not there yet" (404, 502-504) is polled a few
+times a second; one that struggles (429, 500, timeouts) gets exponential backoff with full jitter,
+and a Retry-After is obeyed exactly. A Retry-After beyond the deadline ends the run at once: waiting
+could not help. ``no_backoff()`` is the test switch: every delay becomes zero (deadlines still apply).
 """
 
 from __future__ import annotations
@@ -28,6 +29,10 @@ P = ParamSpec("P")
 log = get_logger()
 # A refused connection is answered by the kernel, not the server: probe it often.
 PROBE_INTERVAL = 0.2
+# A server (or its gateway) that answers "not there yet" while it starts: poll at under 4 requests a
+# second, so the run notices it within half a second of being ready without pressing on it.
+NOT_READY = frozenset({404, 502, 503, 504})
+NOT_READY_INTERVAL = (0.25, 0.5)
 _zero_delays = False
 
 
@@ -66,18 +71,18 @@ class RetryPolicy:
 
     def delay(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
-        if (
-            isinstance(exc, Unavailable)
-            and exc.retry_after is not None
-            and exc.retry_after >= self.deadline.remaining()
-        ):
-            return exc.retry_after  # past the deadline: the stop condition ends the run now
+        if not isinstance(exc, Unavailable):
+            return 0.0 if _zero_delays else float(self._backoff(state))
+        if exc.retry_after is not None:
+            # One beyond the deadline is returned even in tests: the stop condition then ends the run now.
+            beyond = exc.retry_after >= self.deadline.remaining()
+            return exc.retry_after if beyond or not _zero_delays else 0.0
         if _zero_delays:
             return 0.0
-        if isinstance(exc, Unavailable) and exc.retry_after is not None:
-            return exc.retry_after
-        if isinstance(exc, Unavailable) and exc.connect:
+        if exc.connect:
             return PROBE_INTERVAL * random.uniform(0.75, 1.25)  # noqa: S311 - jitter, not crypto
+        if exc.status in NOT_READY:
+            return random.uniform(*NOT_READY_INTERVAL)  # noqa: S311
         return float(self._backoff(state))
 
     async def call(self, what: str, attempt: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:

@@ -81,6 +81,8 @@ class Stack:
         return mounts
 
     def _map(self, value: str, mounts: dict[str, Path]) -> str:
+        # Compose's "${NAME:-default}" with the defaults: this test sets none of those variables.
+        value = re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", value)
         # Host names to loopback: the keycloak service is the harness's Keycloak.
         value = value.replace("http://keycloak:8080", self.keycloak.url)
         for target, source in sorted(mounts.items(), key=lambda kv: -len(kv[0])):
@@ -151,7 +153,8 @@ def serve(stack: Stack) -> tuple[subprocess.Popen[str], str]:
     lines = []
     for line in proc.stderr:
         lines.append(line)
-        if "Keycloak accepted the credentials" in line:
+        # The credentials are checked before the HTTP port is bound: wait for both, however slow the machine.
+        if "Uvicorn running on" in line and any("Keycloak accepted the credentials" in seen for seen in lines):
             break
     else:
         proc.wait()

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from pydantic import SecretStr
 from tenacity import RetryCallState
 
 from bootstrap import keycloak, log
-from bootstrap._http import Response, Transport, retry_after
+from bootstrap._http import Response, Transport, retry_after, retryable
 from bootstrap.discovery import discovery_urls
 from bootstrap.errors import ClientGone, InsufficientScope, InvalidClientMetadata, NotAllowed, Unavailable
 from bootstrap.models import ClientInformation, ClientMetadata
@@ -122,6 +123,42 @@ def test_refused_connections_are_probed_often() -> None:
     with no_backoff(False):
         delays = [policy.delay(_state_with(Unavailable("refused", connect=True))) for _ in range(20)]
     assert max(delays) <= 0.25
+
+
+def test_a_server_still_starting_is_polled_under_four_times_a_second() -> None:
+    """404/502/503/504 without Retry-After: a short poll, never the growing backoff, never faster than 4/s."""
+    policy = RetryPolicy(Deadline(60), initial=5, maximum=60)
+    with no_backoff(False):
+        delays = [policy.delay(_state_with(Unavailable("starting", status=s))) for s in (404, 502, 503, 504) * 5]
+    assert min(delays) >= 0.25 and max(delays) <= 0.5
+
+
+def test_overload_without_retry_after_backs_off() -> None:
+    """429 without Retry-After is overload: the exponential backoff applies."""
+    policy = RetryPolicy(Deadline(60), initial=5, maximum=60)
+    with no_backoff(False):
+        delays = [policy.delay(_state_with(Unavailable("busy", status=429))) for _ in range(20)]
+    assert max(delays) > 0.5
+
+
+@pytest.mark.parametrize(
+    ("status", "sent", "idempotent", "expected"),
+    [
+        (None, False, False, True),  # connection refused: nothing was sent
+        (None, True, True, True),  # timeout on a GET
+        (None, True, False, False),  # timeout on a POST: it may have been processed
+        (500, True, True, True),
+        (500, True, False, False),
+        (503, True, False, True),  # "not processed"
+        (429, True, False, True),
+        (400, True, True, False),
+        (404, True, True, False),  # a protocol answer; discovery alone reads 404 as "not yet"
+    ],
+)
+def test_one_predicate_decides_what_is_retryable(
+    status: int | None, sent: bool, idempotent: bool, expected: bool
+) -> None:
+    assert retryable(status, sent=sent, idempotent=idempotent) is expected
 
 
 def test_split_horizon_rewrites_only_public_urls() -> None:

@@ -1,0 +1,82 @@
+"""'env' and 'show' with the standard library alone.
+
+``entrypoint.sh`` runs ``dcr-bootstrap env`` on every start of the server it wraps, so these two
+commands read the saved file without pydantic, aiohttp or structlog (a few milliseconds instead of
+a few hundred). They serve only the plain case: a file that parses, named by DCR_CLIENT_FILE or the
+default, and no ``.env`` file that could name another. Anything else returns None and the CLI takes
+the full path, which explains the problem in its one line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+from pathlib import Path
+from typing import Any
+
+# Must equal Settings.dcr_client_file's default; a unit test holds the two together.
+DEFAULT_FILE = ".dcr_client.json"
+# 'show' prints these in clear and masks every other value, so a field we do not know is never shown.
+PUBLIC_KEYS = frozenset(
+    {
+        "client_id",
+        "registration_client_uri",
+        "registered_at",
+        "issuer",
+        "token_endpoint",
+        "client_secret_expires_at",
+        "metadata_fingerprint",
+        "token_endpoint_auth_method",
+        "mode",
+    }
+)
+MASK = "**********"
+
+
+def env_text(client_id: str, client_secret: str | None) -> str:
+    return (
+        f"export KEYCLOAK_CLIENT_ID={shlex.quote(client_id)}\n"
+        f"export KEYCLOAK_CLIENT_SECRET={shlex.quote(client_secret or '')}\n"
+    )
+
+
+def show_text(saved: dict[str, Any]) -> str:
+    shown = {key: value if key in PUBLIC_KEYS or value is None else MASK for key, value in saved.items()}
+    return json.dumps(shown, indent=2) + "\n"
+
+
+def _client_file() -> Path | None:
+    if Path(".env").exists():
+        return None  # pydantic-settings reads it; only the full path knows what it names
+    named = [value for key, value in os.environ.items() if key.upper() == "DCR_CLIENT_FILE"]
+    if len(named) > 1 or (named and not named[0].strip()):
+        return None
+    return Path(named[0] if named else DEFAULT_FILE)
+
+
+def load() -> dict[str, Any] | None:
+    """The saved registration as plain JSON, or None for anything but the plain case."""
+    path = _client_file()
+    if path is None:
+        return None
+    try:
+        data = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    client_id, secret = data.get("client_id"), data.get("client_secret")
+    if not (isinstance(client_id, str) and client_id) or not isinstance(secret, str | None):
+        return None
+    return data
+
+
+def env() -> str | None:
+    saved = load()
+    return None if saved is None else env_text(saved["client_id"], saved.get("client_secret"))
+
+
+def show() -> str | None:
+    saved = load()
+    return None if saved is None else show_text(saved)

@@ -1,0 +1,56 @@
+"""What a run costs the server: a restart is one request, a first registration three."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bootstrap import flow
+from tests.fakeserver import FakeServer, saved, settings_for
+
+
+def _requests(server: FakeServer) -> list[str]:
+    return [f"{seen.method} {seen.path}" for seen in server.seen]
+
+
+async def test_first_registration_costs_discovery_post_and_token(server: FakeServer, tmp_path: Path) -> None:
+    await flow.run(settings_for(server, tmp_path))
+    assert _requests(server) == [
+        "GET /.well-known/oauth-authorization-server",
+        "POST /connect/register",
+        "POST /connect/token",
+    ]
+
+
+async def test_restart_costs_one_registration_read(server: FakeServer, tmp_path: Path) -> None:
+    """The saved file names the issuer, token endpoint and registration URI: no discovery on a restart."""
+    await flow.run(settings_for(server, tmp_path))
+    server.seen.clear()
+    outcome = await flow.run(settings_for(server, tmp_path))
+    assert outcome.action == "reloaded"
+    assert [(s.method, s.path) for s in server.seen] == [("GET", f"/connect/register/{outcome.registration.client_id}")]
+
+
+async def test_restart_keeps_the_token_the_read_rotated(server: FakeServer, tmp_path: Path) -> None:
+    await flow.run(settings_for(server, tmp_path))
+    before = saved(tmp_path)["registration_access_token"]
+    await flow.run(settings_for(server, tmp_path))
+    after = saved(tmp_path)["registration_access_token"]
+    assert after != before and server.tokens[after] == saved(tmp_path)["client_id"]
+
+
+async def test_restart_for_a_deleted_client_discovers_and_registers_again(server: FakeServer, tmp_path: Path) -> None:
+    """A failed quick read is decided by the full path: discovery, the token check, then a new client."""
+    first = await flow.run(settings_for(server, tmp_path))
+    server.clients.clear()
+    server.tokens.clear()
+    outcome = await flow.run(settings_for(server, tmp_path))
+    assert outcome.action == "registered"
+    assert outcome.registration.client_id != first.registration.client_id
+    assert server.count("GET", "/.well-known/oauth-authorization-server") == 2
+
+
+async def test_restart_with_changed_settings_discovers_and_updates(server: FakeServer, tmp_path: Path) -> None:
+    await flow.run(settings_for(server, tmp_path))
+    outcome = await flow.run(settings_for(server, tmp_path, dcr_client_name="renamed"))
+    assert outcome.action == "updated"
+    assert server.clients[outcome.registration.client_id]["client_name"] == "renamed"
