@@ -21,7 +21,12 @@ logger = log.get_logger()
 
 
 async def _run(settings: Settings, _: argparse.Namespace) -> None:
-    outcome = await flow.run(settings)
+    if settings.dcr_k8s_secret:
+        from . import k8s  # only when configured: the default path never imports it
+
+        outcome = await k8s.run_shared(settings)
+    else:
+        outcome = await flow.run(settings)
     logger.info(
         "Credentials written",
         path=str(settings.dcr_client_file),

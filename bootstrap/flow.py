@@ -105,10 +105,11 @@ class _Run:
     wanted: ClientMetadata
 
 
-async def run(settings: Settings) -> Outcome:
+async def run(settings: Settings, deadline: Deadline | None = None) -> Outcome:
+    """``deadline``: one begun earlier (the Kubernetes store waits for its Lease within the same one)."""
     settings.check()
     _register_secrets(settings)
-    deadline = Deadline(settings.dcr_wait_timeout)
+    deadline = deadline or Deadline(settings.dcr_wait_timeout)
     policy = policy_for(settings, deadline)
     path, env_file = settings.dcr_client_file, settings.dcr_env_file
     transport = transport_for(settings, deadline)  # a bad DCR_CA_BUNDLE fails here, before the lock
@@ -272,27 +273,39 @@ async def _delete_on_failure(ctx: _Run, new: SavedRegistration) -> AsyncIterator
 
 
 async def _delete_new(ctx: _Run, new: SavedRegistration) -> str:
+    pending = store.pending_path(ctx.settings.dcr_client_file)
+    remedy = (
+        f"it is recorded in {pending}, and the next run finishes or deletes it."
+        if pending.exists()
+        else "delete it there by hand."
+    )
+    deleted, note = await delete_created(ctx.transport, new, remedy)
+    if deleted:
+        with contextlib.suppress(StorageError):
+            store.clear_pending(ctx.settings.dcr_client_file)
+    return note
+
+
+async def delete_created(
+    transport: Transport, new: SavedRegistration, remedy: str = "delete it there by hand."
+) -> tuple[bool, str]:
+    """RFC 7592 DELETE of a client this run created, on its own budget: (gone now, a sentence saying so)."""
     uri, token = new.registration_client_uri, new.registration_access_token
-    path = ctx.settings.dcr_client_file
     if uri is None or token is None or not is_vschar(token.get_secret_value()):
-        return (
+        return False, (
             f"Client {new.client_id} was created on the server and cannot be deleted by RFC 7592 (no usable "
-            "management token); delete it there by hand."
+            f"management token); {remedy}"
         )
     try:
-        await asyncio.shield(registration.delete(ctx.transport, uri, token.get_secret_value(), budget=CLEANUP_TIMEOUT))
+        await asyncio.shield(registration.delete(transport, uri, token.get_secret_value(), budget=CLEANUP_TIMEOUT))
     except ClientGone:
         pass
     except Exception as exc:  # any failure: report it, and keep the error that made us clean up
-        recorded = store.pending_path(path).exists()
-        return f"Client {new.client_id} was created on the server and could not be deleted ({type(exc).__name__}); " + (
-            f"it is recorded in {store.pending_path(path)}, and the next run finishes or deletes it."
-            if recorded
-            else "delete it there by hand."
+        return False, (
+            f"Client {new.client_id} was created on the server and could not be deleted ({type(exc).__name__}); "
+            f"{remedy}"
         )
-    with contextlib.suppress(StorageError):
-        store.clear_pending(path)
-    return f"Client {new.client_id} was created on the server and has been deleted again."
+    return True, f"Client {new.client_id} was created on the server and has been deleted again."
 
 
 # --- a saved client ---

@@ -336,11 +336,7 @@ class Settings(BaseSettings):
                 f"USE_DCR=false but {missing} not set. Set USE_DCR=true to register by DCR, or provide static "
                 "credentials (KEYCLOAK_CLIENT_SECRET_FILE works too)."
             )
-        if (self.dcr_k8s_lease or self.dcr_k8s_namespace) and not self.dcr_k8s_secret:
-            raise ConfigError(
-                "DCR_K8S_LEASE or DCR_K8S_NAMESPACE is set without DCR_K8S_SECRET; name the Secret that holds "
-                "the shared registration, or unset them."
-            )
+        self._check_kubernetes()
         if (
             self.use_dcr
             and "client_credentials" in self.dcr_grant_types
@@ -351,6 +347,18 @@ class Settings(BaseSettings):
                 "cannot use client_credentials. Use client_secret_basic, or drop client_credentials."
             )
         return self
+
+    def _check_kubernetes(self) -> None:
+        if self.dcr_k8s_secret and not self.use_dcr:
+            raise ConfigError(
+                "DCR_K8S_SECRET shares a DCR registration, but USE_DCR=false; unset DCR_K8S_SECRET for static "
+                "credentials."
+            )
+        if (self.dcr_k8s_lease or self.dcr_k8s_namespace) and not self.dcr_k8s_secret:
+            raise ConfigError(
+                "DCR_K8S_LEASE or DCR_K8S_NAMESPACE is set without DCR_K8S_SECRET; name the Secret that holds "
+                "the shared registration, or unset them."
+            )
 
 
 def _unset(**values: object) -> str:

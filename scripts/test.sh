@@ -11,10 +11,13 @@ scripts/setup.sh
 status=0
 .venv/bin/pytest "$@" || status=$?
 
-# No Keycloak may outlive the test session (the harness promises it; check it from outside).
-if pgrep -f "kc.home.dir=$(pwd)/.cache/keycloak" >/dev/null; then
-  echo "FAILED: a Keycloak process outlived the test session:" >&2
-  pgrep -af "kc.home.dir=$(pwd)/.cache/keycloak" >&2
-  exit 1
-fi
+# No server the harnesses started may outlive the test session (they promise it; check it from outside).
+cache="${XDG_CACHE_HOME:-$HOME/.cache}/dcr-bootstrap"
+for pattern in "kc.home.dir=$(pwd)/.cache/keycloak" "$cache/kube/.*/(etcd|kube-apiserver) "; do
+  if pgrep -f "$pattern" >/dev/null; then
+    echo "FAILED: a server started by the tests outlived the test session:" >&2
+    pgrep -af "$pattern" >&2
+    exit 1
+  fi
+done
 exit "$status"

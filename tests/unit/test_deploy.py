@@ -102,7 +102,7 @@ def pod_specs() -> list[dict[str, Any]]:
 def test_every_container_has_the_restricted_security_context() -> None:
     """runAsNonRoot, read-only root filesystem, no privilege escalation, all capabilities dropped."""
     specs = pod_specs()
-    assert len(specs) == 2
+    assert len(specs) == 3  # initcontainer.yaml, shared-secret.yaml, sidecar.yaml
     for spec in specs:
         assert spec["securityContext"]["runAsNonRoot"] is True
         for container in spec["containers"] + spec["initContainers"]:
@@ -125,3 +125,32 @@ def test_sidecar_variant_is_a_native_sidecar() -> None:
     spec = next(d for d in sidecar if d and d["kind"] == "Deployment")["spec"]["template"]["spec"]
     init = spec["initContainers"][0]
     assert init["restartPolicy"] == "Always" and "startupProbe" in init
+
+
+def shared_store() -> dict[str, dict[str, Any]]:
+    docs = yaml.safe_load_all((ROOT / "deploy" / "k8s" / "shared-secret.yaml").read_text())
+    return {doc["kind"]: doc for doc in docs if doc}
+
+
+def test_shared_store_role_is_limited_to_its_secret_and_lease() -> None:
+    """The shared-store Role grants only get/update, each rule limited by resourceNames to the objects the pods name."""
+    docs = shared_store()
+    bootstrap = docs["Deployment"]["spec"]["template"]["spec"]["initContainers"][0]
+    env = {e["name"]: e.get("value") for e in bootstrap["env"]}
+    rules = docs["Role"]["rules"]
+    assert {(r["apiGroups"][0], r["resources"][0], r["resourceNames"][0]) for r in rules} == {
+        ("", "secrets", env["DCR_K8S_SECRET"]),
+        ("coordination.k8s.io", "leases", env["DCR_K8S_LEASE"]),
+    }
+    assert all(sorted(r["verbs"]) == ["get", "update"] and len(r["resourceNames"]) == 1 for r in rules)
+    assert docs["Secret"]["metadata"]["name"] == env["DCR_K8S_SECRET"]
+    assert docs["Lease"]["metadata"]["name"] == env["DCR_K8S_LEASE"]
+
+
+def test_shared_store_mounts_a_service_account_token_only_into_the_bootstrap() -> None:
+    """No automounted token: a projected one goes to dcr-bootstrap alone, never to the server."""
+    spec = shared_store()["Deployment"]["spec"]["template"]["spec"]
+    assert spec["automountServiceAccountToken"] is False
+    token_mount = "/var/run/secrets/kubernetes.io/serviceaccount"
+    assert any(m["mountPath"] == token_mount for m in spec["initContainers"][0]["volumeMounts"])
+    assert not any(m["mountPath"] == token_mount for c in spec["containers"] for m in c["volumeMounts"])

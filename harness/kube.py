@@ -1,0 +1,547 @@
+"""A real Kubernetes API server for tests: etcd + kube-apiserver on loopback, like envtest.
+
+* ``ensure_binaries()`` returns etcd, kube-apiserver and kubectl, building them the first time into
+  ``${XDG_CACHE_HOME:-~/.cache}/dcr-bootstrap/kube/v<version>/`` (``KUBE_CACHE`` overrides the
+  ``kube`` folder): outside the checkout, so every clone on the machine (CI's fresh one too) reuses
+  them, like Go's own module and build caches. ``k8s.io/kubernetes`` cannot be ``go install``ed
+  (its go.mod replaces the staging modules with local folders), so a scratch module in
+  ``<cache>/build/v<version>`` requires it plus every ``k8s.io/*`` staging module at the matching
+  ``v0.x.y``, each pinned by a ``replace``, and builds ``cmd/kube-apiserver`` and ``cmd/kubectl``
+  with the version stamped by ``-ldflags -X``. etcd is Debian's ``etcd-server`` when it is 3.5 or
+  later, otherwise built from ``go.etcd.io/etcd/server/v3`` (a main calling ``etcdmain.Main``).
+* ``KubeServer`` starts etcd and kube-apiserver on free loopback ports with a self-made CA and
+  serving certificate, a static admin token (``system:masters``), RBAC, service-account signing
+  keys (so ``TokenRequest`` issues real tokens) and Pod Security admission; it polls ``/readyz``.
+  No controller-manager runs: create namespaces and ServiceAccounts yourself.
+  Both processes run in one process group beside a watchdog reading a pipe held by this process;
+  when the pipe closes (``stop()``, exit, crash, SIGKILL of the owner) the group is terminated.
+
+Usage: ``python -m harness.kube build`` (build or reuse), ``python -m harness.kube start`` (smoke).
+Only loopback addresses are ever used.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import datetime
+import fcntl
+import json
+import os
+import re
+import shutil
+import signal
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness.keycloak import LOOPBACK, free_port, group_alive
+
+KUBE_VERSION = os.environ.get("KUBE_VERSION", "1.37.2")
+ROOT = Path(__file__).resolve().parent.parent
+CACHE = Path(
+    os.environ.get("KUBE_CACHE")
+    or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dcr-bootstrap" / "kube"
+)
+ETCD_MODULE_VERSION = os.environ.get("KUBE_ETCD_VERSION", "v3.6.16")
+
+ADMIN_GROUP = "system:masters"
+SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
+
+
+class HarnessError(RuntimeError):
+    """The API server could not be built or started; the message says why."""
+
+
+def _log(message: str) -> None:
+    print(f"[kube-harness] {message}", file=sys.stderr, flush=True)
+
+
+def _run(args: list[str], cwd: Path | None = None, env: dict[str, str] | None = None) -> str:
+    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-30:])
+        raise HarnessError(f"{' '.join(args[:3])} ... failed ({proc.returncode}):\n{tail}")
+    return proc.stdout
+
+
+def bin_dir(version: str = KUBE_VERSION) -> Path:
+    return CACHE / f"v{version}"
+
+
+def _go_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.setdefault("GOFLAGS", "-mod=mod")
+    env["CGO_ENABLED"] = "0"
+    return env
+
+
+def _staging_modules(version: str) -> list[str]:
+    """The k8s.io/* modules k8s.io/kubernetes@v<version> replaces with local staging folders."""
+    info = json.loads(_run(["go", "mod", "download", "-json", f"k8s.io/kubernetes@v{version}"], env=_go_env()))
+    gomod = Path(info["GoMod"]).read_text()
+    names = re.findall(r"^\s*(k8s\.io/[\w.-]+)\s*=>\s*\./staging/", gomod, flags=re.MULTILINE)
+    if not names:
+        raise HarnessError("no staging replaces found in k8s.io/kubernetes go.mod")
+    return sorted(set(names))
+
+
+def _write_scratch_module(build: Path, version: str) -> None:
+    staging = "v0." + version.split(".", 1)[1]
+    modules = _staging_modules(version)
+    lines = ["module dcrbootstrap.local/kubebuild", "", "go 1.25", "", "require ("]
+    lines.append(f"\tk8s.io/kubernetes v{version}")
+    lines += [f"\t{m} {staging}" for m in modules]
+    lines += [")", "", "replace ("]
+    lines += [f"\t{m} => {m} {staging}" for m in modules]
+    lines += [")", ""]
+    build.mkdir(parents=True, exist_ok=True)
+    (build / "go.mod").write_text("\n".join(lines))
+    (build / "tools.go").write_text(
+        "//go:build tools\n\npackage tools\n\nimport (\n"
+        '\t_ "k8s.io/kubernetes/cmd/kube-apiserver"\n\t_ "k8s.io/kubernetes/cmd/kubectl"\n)\n'
+    )
+
+
+def _ldflags(version: str) -> str:
+    major, minor, _ = version.split(".")
+    pkg = "k8s.io/component-base/version"
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    flags = [
+        f"-X {pkg}.gitVersion=v{version}",
+        f"-X {pkg}.gitMajor={major}",
+        f"-X {pkg}.gitMinor={minor}",
+        f"-X {pkg}.gitTreeState=clean",
+        f"-X {pkg}.buildDate={now}",
+        "-s -w",
+    ]
+    # client-go carries its own copy of the version for the User-Agent.
+    flags += [f.replace(pkg, "k8s.io/client-go/pkg/version") for f in flags[:3]]
+    return " ".join(flags)
+
+
+def _build_kube(version: str, out: Path) -> None:
+    build = CACHE / "build" / f"v{version}"
+    _write_scratch_module(build, version)
+    env = _go_env()
+    _log(f"building kube-apiserver and kubectl v{version} (cold: ~10 min, ~3 GB go cache)")
+    _run(["go", "mod", "tidy", "-e"], cwd=build, env=env)
+    for cmd in ("kube-apiserver", "kubectl"):
+        tmp = out / f".{cmd}.tmp"
+        _run(
+            [
+                "go",
+                "build",
+                "-p",
+                os.environ.get("KUBE_BUILD_JOBS", "2"),
+                "-trimpath",
+                "-ldflags",
+                _ldflags(version),
+                "-o",
+                str(tmp),
+                f"k8s.io/kubernetes/cmd/{cmd}",
+            ],
+            cwd=build,
+            env=env,
+        )
+        tmp.rename(out / cmd)
+
+
+def _etcd_supported(etcd: Path) -> bool:
+    """kube-apiserver 1.37 needs etcd 3.5 or later (Debian bookworm ships 3.4)."""
+    try:
+        out = subprocess.run([str(etcd), "--version"], capture_output=True, text=True, check=False).stdout
+    except OSError:
+        return False
+    found = re.search(r"etcd Version: (\d+)\.(\d+)", out)
+    return found is not None and (int(found[1]), int(found[2])) >= (3, 5)
+
+
+def _build_etcd(out: Path) -> None:
+    system = shutil.which("etcd")
+    if system is None and os.geteuid() == 0 and shutil.which("apt-get"):
+        with contextlib.suppress(HarnessError):
+            _run(["apt-get", "update", "-qq"])
+            _run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", "etcd-server"])
+            system = shutil.which("etcd")
+    if system is not None and _etcd_supported(Path(system)):
+        (out / "etcd").symlink_to(system)
+        return
+    build = CACHE / "build" / "etcd"
+    build.mkdir(parents=True, exist_ok=True)
+    (build / "go.mod").write_text(
+        f"module dcrbootstrap.local/etcd\n\ngo 1.25\n\nrequire go.etcd.io/etcd/server/v3 {ETCD_MODULE_VERSION}\n"
+    )
+    (build / "main.go").write_text(
+        'package main\n\nimport (\n\t"os"\n\n\t"go.etcd.io/etcd/server/v3/etcdmain"\n)\n\n'
+        "func main() { etcdmain.Main(os.Args) }\n"
+    )
+    env = _go_env()
+    _log(f"building etcd {ETCD_MODULE_VERSION}")
+    _run(["go", "mod", "tidy", "-e"], cwd=build, env=env)
+    _run(["go", "build", "-p", "2", "-trimpath", "-o", str(out / ".etcd.tmp"), "."], cwd=build, env=env)
+    (out / ".etcd.tmp").rename(out / "etcd")
+
+
+@dataclass(frozen=True)
+class Binaries:
+    etcd: Path
+    apiserver: Path
+    kubectl: Path
+
+
+def ensure_binaries(version: str = KUBE_VERSION) -> Binaries:
+    """Return the cached binaries, building the missing ones first."""
+    out = bin_dir(version)
+    out.mkdir(parents=True, exist_ok=True)
+    # Two checkouts (a developer's and CI's) may test at once: one builds, the other waits and reuses.
+    with (CACHE / ".build.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _ensure_binaries_locked(version, out)
+
+
+def _ensure_binaries_locked(version: str, out: Path) -> Binaries:
+    started = time.monotonic()
+    built = False
+    if not (out / "etcd").exists() or not _etcd_supported(out / "etcd"):
+        (out / "etcd").unlink(missing_ok=True)
+        _build_etcd(out)
+        built = True
+    if not ((out / "kube-apiserver").exists() and (out / "kubectl").exists()):
+        if shutil.which("go") is None:
+            raise HarnessError("Go is needed to build kube-apiserver (scripts/setup.sh installs it)")
+        _build_kube(version, out)
+        built = True
+    if built:
+        _log(f"binaries built in {time.monotonic() - started:.0f}s into {out}")
+    return Binaries(out / "etcd", out / "kube-apiserver", out / "kubectl")
+
+
+def _write_pki(pki: Path) -> None:
+    """A CA, a serving certificate for loopback, and a service-account signing key."""
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+    pki.mkdir(parents=True, exist_ok=True)
+
+    def pem_key(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> bytes:
+        return key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "dcr-bootstrap test CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=2))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    names: list[x509.GeneralName] = [
+        x509.DNSName("localhost"),
+        x509.DNSName("kubernetes.default.svc"),
+        x509.IPAddress(ipaddress.ip_address(LOOPBACK)),
+    ]
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=2))
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    (pki / "ca.crt").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    (pki / "server.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (pki / "server.key").write_bytes(pem_key(key))
+    sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    (pki / "sa.key").write_bytes(pem_key(sa_key))
+    (pki / "sa.pub").write_bytes(
+        sa_key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    for path in pki.iterdir():
+        path.chmod(0o600)
+
+
+def _group_rss_kib(pgid: int) -> int:
+    from harness.keycloak import _group_rss_kib as rss
+
+    return rss(pgid)
+
+
+@dataclass
+class KubeServer:
+    """etcd + kube-apiserver in one process group on loopback ports."""
+
+    binaries: Binaries = field(default_factory=ensure_binaries)
+    port: int = field(default_factory=free_port)
+    etcd_port: int = field(default_factory=free_port)
+    etcd_peer_port: int = field(default_factory=free_port)
+    admin_token: str = field(default_factory=lambda: uuid.uuid4().hex, repr=False)
+    workdir: Path | None = None
+    startup_seconds: float | None = None
+    rss_mib: float | None = None
+    _proc: subprocess.Popen[bytes] | None = None
+    _tmp: tempfile.TemporaryDirectory[str] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"https://{LOOPBACK}:{self.port}"
+
+    @property
+    def ca_file(self) -> Path:
+        assert self.workdir is not None
+        return self.workdir / "pki" / "ca.crt"
+
+    @property
+    def log_path(self) -> Path:
+        assert self.workdir is not None
+        return self.workdir / "apiserver.log"
+
+    @property
+    def pgid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    def spawn(self) -> KubeServer:
+        if self.workdir is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="dcr-kube-")
+            self.workdir = Path(self._tmp.name)
+        pki = self.workdir / "pki"
+        _write_pki(pki)
+        tokens = self.workdir / "tokens.csv"
+        tokens.write_text(f'{self.admin_token},test-admin,test-admin,"{ADMIN_GROUP}"\n')
+        tokens.chmod(0o600)
+        etcd_url = f"http://{LOOPBACK}:{self.etcd_port}"
+        peer_url = f"http://{LOOPBACK}:{self.etcd_peer_port}"
+        etcd = [
+            str(self.binaries.etcd),
+            f"--data-dir={self.workdir / 'etcd'}",
+            f"--listen-client-urls={etcd_url}",
+            f"--advertise-client-urls={etcd_url}",
+            f"--listen-peer-urls={peer_url}",
+            f"--initial-advertise-peer-urls={peer_url}",
+            f"--initial-cluster=default={peer_url}",
+            "--log-level=warn",
+        ]
+        apiserver = [
+            str(self.binaries.apiserver),
+            f"--etcd-servers={etcd_url}",
+            f"--bind-address={LOOPBACK}",
+            f"--advertise-address={LOOPBACK}",
+            f"--secure-port={self.port}",
+            f"--cert-dir={pki}",
+            f"--tls-cert-file={pki / 'server.crt'}",
+            f"--tls-private-key-file={pki / 'server.key'}",
+            f"--token-auth-file={tokens}",
+            "--authorization-mode=RBAC",
+            f"--service-account-issuer={SA_ISSUER}",
+            f"--service-account-key-file={pki / 'sa.pub'}",
+            f"--service-account-signing-key-file={pki / 'sa.key'}",
+            "--service-cluster-ip-range=10.96.0.0/24",
+            "--enable-admission-plugins=NamespaceLifecycle,ServiceAccount,PodSecurity,ResourceQuota",
+            "--allow-privileged=true",
+            "--enable-priority-and-fairness=false",
+            # The kubernetes Service's endpoint may not be a loopback address; nothing here needs it.
+            "--endpoint-reconciler-type=none",
+            "--v=1",
+        ]
+        import shlex
+
+        # Either process exiting ends the group at once (wait_ready then shows the log), as does EOF on stdin.
+        # SIGKILL, not SIGTERM: a terminating kube-apiserver whose etcd already left hangs for minutes, and
+        # nothing here is worth a graceful shutdown (etcd's data is a temporary folder).
+        script = (
+            f"{{ {shlex.join(etcd)} </dev/null; kill -KILL 0; }} & "
+            f"{{ {shlex.join(apiserver)} </dev/null; kill -KILL 0; }} & "
+            "read -r _ || true; kill -KILL 0"
+        )
+        log_file = self.log_path.open("wb")
+        self._started_at = time.monotonic()
+        self._proc = subprocess.Popen(
+            ["sh", "-c", script],
+            stdin=subprocess.PIPE,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log_file.close()
+        return self
+
+    def _ssl(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=str(self.ca_file))
+
+    def wait_ready(self, timeout: float = 60.0) -> KubeServer:
+        assert self._proc is not None
+        deadline = time.monotonic() + timeout
+        context = self._ssl()
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None or not group_alive(self._proc.pid):
+                raise HarnessError(f"kube-apiserver exited during start-up:\n{self.log_tail()}")
+            request = urllib.request.Request(
+                f"{self.url}/readyz", headers={"Authorization": f"Bearer {self.admin_token}"}
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=2, context=context) as resp:
+                    if resp.status == 200:
+                        break
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.25)
+        else:
+            tail = self.log_tail()
+            self.stop()
+            raise HarnessError(f"kube-apiserver not ready within {timeout:.0f}s:\n{tail}")
+        self.startup_seconds = time.monotonic() - self._started_at
+        self.rss_mib = _group_rss_kib(self._proc.pid) / 1024
+        _log(
+            f"kube-apiserver v{KUBE_VERSION} ready at {self.url} in {self.startup_seconds:.1f}s, "
+            f"RSS {self.rss_mib:.0f} MiB (etcd + apiserver)"
+        )
+        return self
+
+    def start(self, timeout: float = 60.0) -> KubeServer:
+        return self.spawn().wait_ready(timeout)
+
+    def stop(self, timeout: float = 20.0) -> None:
+        proc = self._proc
+        if proc is not None:
+            if proc.stdin and not proc.stdin.closed:
+                proc.stdin.close()
+            deadline = time.monotonic() + timeout
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=timeout)
+            while group_alive(proc.pid) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if group_alive(proc.pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                while group_alive(proc.pid) and time.monotonic() < deadline + 5:
+                    time.sleep(0.05)
+            self._proc = None
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def log_tail(self, lines: int = 25) -> str:
+        if self.workdir is None or not self.log_path.exists():
+            return "(no log)"
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    # -- clients ----------------------------------------------------------------------------------
+
+    def kubeconfig(self, path: Path, token: str | None = None, namespace: str = "default") -> Path:
+        """A JSON kubeconfig (kubectl reads JSON too) for the admin or the given token; mode 0600."""
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {
+                    "name": "test",
+                    "cluster": {
+                        "server": self.url,
+                        "certificate-authority-data": base64.b64encode(self.ca_file.read_bytes()).decode(),
+                    },
+                }
+            ],
+            "users": [{"name": "test", "user": {"token": token or self.admin_token}}],
+            "contexts": [{"name": "test", "context": {"cluster": "test", "user": "test", "namespace": namespace}}],
+            "current-context": "test",
+        }
+        path.write_text(json.dumps(config))
+        path.chmod(0o600)
+        return path
+
+    def kubectl(self, *args: str, token: str | None = None, check: bool = True) -> str:
+        assert self.workdir is not None
+        config = self.kubeconfig(self.workdir / f"kubeconfig-{uuid.uuid4().hex[:8]}.json", token)
+        try:
+            proc = subprocess.run(
+                [str(self.binaries.kubectl), f"--kubeconfig={config}", *args],
+                capture_output=True,
+                text=True,
+                check=False,
+                timeout=60,
+            )
+        finally:
+            config.unlink()
+        if check and proc.returncode != 0:
+            raise HarnessError(f"kubectl {' '.join(args[:2])} failed ({proc.returncode}): {proc.stderr.strip()}")
+        return proc.stdout + proc.stderr if not check else proc.stdout
+
+    def request(self, method: str, path: str, body: dict[str, Any] | None = None, token: str | None = None) -> Any:
+        """An admin REST call; returns the decoded JSON (raises HarnessError on HTTP errors)."""
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(
+            f"{self.url}{path}",
+            data=data,
+            method=method,
+            headers={"Authorization": f"Bearer {token or self.admin_token}", "Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=15, context=self._ssl()) as resp:
+                return json.loads(resp.read() or b"{}")
+        except urllib.error.HTTPError as exc:
+            raise HarnessError(f"{method} {path}: HTTP {exc.code}") from None
+
+    def create_namespace(self, name: str, labels: dict[str, str] | None = None) -> None:
+        self.request("POST", "/api/v1/namespaces", {"metadata": {"name": name, "labels": labels or {}}})
+
+    def create_service_account(self, namespace: str, name: str) -> None:
+        self.request("POST", f"/api/v1/namespaces/{namespace}/serviceaccounts", {"metadata": {"name": name}})
+
+    def service_account_token(self, namespace: str, name: str, seconds: int = 3600) -> str:
+        """A real, signed service-account token from the TokenRequest API."""
+        answer = self.request(
+            "POST",
+            f"/api/v1/namespaces/{namespace}/serviceaccounts/{name}/token",
+            {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {"expirationSeconds": seconds}},
+        )
+        return str(answer["status"]["token"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    command = args[0] if args else "build"
+    try:
+        if command == "build":
+            print(ensure_binaries())
+            return 0
+        if command == "start":
+            server = KubeServer().start()
+            try:
+                print(server.kubectl("version", "-o", "json"))
+            finally:
+                server.stop()
+            return 0
+    except HarnessError as exc:
+        print(f"kube harness: {exc}", file=sys.stderr)
+        return 1
+    print("usage: python -m harness.kube [build|start]", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
