@@ -14,8 +14,10 @@ COPY requirements/runtime.txt requirements/build.txt requirements/
 RUN /opt/dcr-bootstrap/bin/pip install --no-cache-dir -r requirements/runtime.txt -r requirements/build.txt
 COPY pyproject.toml README.md ./
 COPY bootstrap/ bootstrap/
+# The runtime needs neither setuptools nor pip (16 MB): the final virtualenv holds only what runs.
 RUN /opt/dcr-bootstrap/bin/pip install --no-cache-dir --no-deps --no-build-isolation . \
- && /opt/dcr-bootstrap/bin/pip uninstall --yes setuptools
+ && /opt/dcr-bootstrap/bin/pip uninstall --yes setuptools \
+ && /opt/dcr-bootstrap/bin/python -m pip uninstall --yes pip
 
 # --- runtime
 FROM ${PYTHON_IMAGE}
