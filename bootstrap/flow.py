@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -258,17 +258,22 @@ def _check_new(ctx: _Run, new: SavedRegistration) -> None:
         )
 
 
-@contextlib.asynccontextmanager
-async def _delete_on_failure(ctx: _Run, new: SavedRegistration) -> AsyncIterator[None]:
+def _delete_on_failure(ctx: _Run, new: SavedRegistration) -> contextlib.AbstractAsyncContextManager[None]:
     """If the run fails after the server created ``new``, delete it (RFC 7592) and say so in the error."""
+    return undo_on_failure(lambda: _delete_new(ctx, new), new.client_id)
+
+
+@contextlib.asynccontextmanager
+async def undo_on_failure(undo: Callable[[], Awaitable[str]], client_id: str) -> AsyncIterator[None]:
+    """On a failure or a cancellation inside the block, ``undo()`` and add its sentence to the error."""
     try:
         yield
     except (BootstrapError, asyncio.CancelledError) as exc:
-        note = await _delete_new(ctx, new)
+        note = await undo()
         if isinstance(exc, BootstrapError):
             exc.add_context(note)
         else:
-            logger.warning(note, client_id=new.client_id)
+            logger.warning(note, client_id=client_id)
         raise
 
 

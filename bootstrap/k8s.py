@@ -543,7 +543,12 @@ async def _publish(
     mine = outcome.registration
     wanted = mine.to_file()
     fresh = outcome.action == "registered"
-    try:
+    undo = (
+        flow.undo_on_failure(lambda: _undo_registration(settings, mine), mine.client_id)
+        if fresh
+        else contextlib.nullcontext()
+    )
+    async with undo:
         for _ in range(SECRET_WRITE_ATTEMPTS):
             if wanted == data:
                 return outcome
@@ -562,14 +567,6 @@ async def _publish(
             f"Secret {_secret_name(kube)} kept changing while we wrote it ({SECRET_WRITE_ATTEMPTS} attempts); "
             "check what else writes it, then run again."
         )
-    except (StorageError, asyncio.CancelledError) as exc:
-        if fresh:
-            note = await _undo_registration(settings, mine)
-            if isinstance(exc, StorageError):
-                exc.add_context(note)
-            else:
-                logger.warning(note, client_id=mine.client_id)
-        raise
 
 
 async def _adopt(

@@ -15,11 +15,9 @@ Only loopback addresses are ever used.
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -33,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.process import HarnessError, group_rss_kib, stop_group, wait_ready
+
 KEYCLOAK_VERSION = os.environ.get("KEYCLOAK_VERSION", "26.7.3")
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("KEYCLOAK_CACHE", ROOT / ".cache" / "keycloak"))
@@ -42,10 +42,6 @@ LOOPBACK = "127.0.0.1"
 
 # The watchdog: start Keycloak, then block on stdin (a pipe from the owner); EOF ends the group.
 _WATCHDOG = '"$@" </dev/null & read -r _ || true; kill -TERM 0'
-
-
-class HarnessError(RuntimeError):
-    """Keycloak could not be fetched or started; the message says why."""
 
 
 def _log(message: str) -> None:
@@ -95,29 +91,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind((LOOPBACK, 0))
         return int(sock.getsockname()[1])
-
-
-def _group_rss_kib(pgid: int) -> int:
-    total = 0
-    for status in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = status.read_text().rsplit(")", 1)[1].split()
-            if int(fields[2]) == pgid:  # field 5 of stat: pgrp
-                rss_pages = int(fields[21])
-                total += rss_pages * os.sysconf("SC_PAGE_SIZE") // 1024
-        except (OSError, IndexError, ValueError):
-            continue
-    return total
-
-
-def group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @dataclass
@@ -184,48 +157,31 @@ class KeycloakServer:
 
     def wait_ready(self, timeout: float = 240.0) -> KeycloakServer:
         assert self._proc is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None or not group_alive(self._proc.pid):
-                raise HarnessError(f"Keycloak exited during start-up; last log lines:\n{self.log_tail()}")
-            try:
-                with urllib.request.urlopen(self.health_url, timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except (urllib.error.URLError, OSError):
-                pass
-            time.sleep(0.25)
-        else:
+        if not wait_ready(self._proc, self._healthy, timeout, "Keycloak", self.log_tail):
             self.stop()
             raise HarnessError(f"Keycloak was not ready within {timeout:.0f}s; last log lines:\n{self.log_tail()}")
         self.startup_seconds = time.monotonic() - self._started_at
-        self.rss_mib = _group_rss_kib(self._proc.pid) / 1024
+        self.rss_mib = group_rss_kib(self._proc.pid) / 1024
         _log(
             f"Keycloak {KEYCLOAK_VERSION} ready at {self.url} in {self.startup_seconds:.1f}s, "
             f"RSS {self.rss_mib:.0f} MiB (management port {self.management_port})"
         )
         return self
 
+    def _healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(self.health_url, timeout=2) as resp:
+                return bool(resp.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
+
     def start(self, timeout: float = 240.0) -> KeycloakServer:
         return self.spawn().wait_ready(timeout)
 
     def stop(self, timeout: float = 30.0) -> None:
         """Close the watchdog's pipe (it terminates the group), then make sure the group is gone."""
-        proc = self._proc
-        if proc is None:
-            return
-        if proc.stdin and not proc.stdin.closed:
-            proc.stdin.close()
-        deadline = time.monotonic() + timeout
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=timeout)
-        while group_alive(proc.pid) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        if group_alive(proc.pid):
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            while group_alive(proc.pid):
-                time.sleep(0.1)
+        if self._proc is not None:
+            stop_group(self._proc, timeout)
 
     def log_tail(self, lines: int = 25) -> str:
         if self.log_path is None or not self.log_path.exists():

@@ -30,7 +30,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import ssl
 import subprocess
 import sys
@@ -43,7 +42,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.keycloak import LOOPBACK, free_port, group_alive
+from harness.keycloak import LOOPBACK, free_port
+from harness.process import HarnessError, group_rss_kib, stop_group, wait_ready
 
 KUBE_VERSION = os.environ.get("KUBE_VERSION", "1.37.2")
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,10 +55,6 @@ ETCD_MODULE_VERSION = os.environ.get("KUBE_ETCD_VERSION", "v3.6.16")
 
 ADMIN_GROUP = "system:masters"
 SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
-
-
-class HarnessError(RuntimeError):
-    """The API server could not be built or started; the message says why."""
 
 
 def _log(message: str) -> None:
@@ -286,12 +282,6 @@ def _write_pki(pki: Path) -> None:
         path.chmod(0o600)
 
 
-def _group_rss_kib(pgid: int) -> int:
-    from harness.keycloak import _group_rss_kib as rss
-
-    return rss(pgid)
-
-
 @dataclass
 class KubeServer:
     """etcd + kube-apiserver in one process group on loopback ports."""
@@ -395,51 +385,32 @@ class KubeServer:
 
     def wait_ready(self, timeout: float = 60.0) -> KubeServer:
         assert self._proc is not None
-        deadline = time.monotonic() + timeout
-        context = self._ssl()
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None or not group_alive(self._proc.pid):
-                raise HarnessError(f"kube-apiserver exited during start-up:\n{self.log_tail()}")
-            request = urllib.request.Request(
-                f"{self.url}/readyz", headers={"Authorization": f"Bearer {self.admin_token}"}
-            )
-            try:
-                with urllib.request.urlopen(request, timeout=2, context=context) as resp:
-                    if resp.status == 200:
-                        break
-            except (urllib.error.URLError, OSError):
-                pass
-            time.sleep(0.25)
-        else:
+        if not wait_ready(self._proc, self._ready, timeout, "kube-apiserver", self.log_tail):
             tail = self.log_tail()
             self.stop()
             raise HarnessError(f"kube-apiserver not ready within {timeout:.0f}s:\n{tail}")
         self.startup_seconds = time.monotonic() - self._started_at
-        self.rss_mib = _group_rss_kib(self._proc.pid) / 1024
+        self.rss_mib = group_rss_kib(self._proc.pid) / 1024
         _log(
             f"kube-apiserver v{KUBE_VERSION} ready at {self.url} in {self.startup_seconds:.1f}s, "
             f"RSS {self.rss_mib:.0f} MiB (etcd + apiserver)"
         )
         return self
 
+    def _ready(self) -> bool:
+        request = urllib.request.Request(f"{self.url}/readyz", headers={"Authorization": f"Bearer {self.admin_token}"})
+        try:
+            with urllib.request.urlopen(request, timeout=2, context=self._ssl()) as resp:
+                return bool(resp.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
+
     def start(self, timeout: float = 60.0) -> KubeServer:
         return self.spawn().wait_ready(timeout)
 
     def stop(self, timeout: float = 20.0) -> None:
-        proc = self._proc
-        if proc is not None:
-            if proc.stdin and not proc.stdin.closed:
-                proc.stdin.close()
-            deadline = time.monotonic() + timeout
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=timeout)
-            while group_alive(proc.pid) and time.monotonic() < deadline:
-                time.sleep(0.1)
-            if group_alive(proc.pid):
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                while group_alive(proc.pid) and time.monotonic() < deadline + 5:
-                    time.sleep(0.05)
+        if self._proc is not None:
+            stop_group(self._proc, timeout)
             self._proc = None
         if self._tmp is not None:
             self._tmp.cleanup()

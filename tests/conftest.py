@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.keycloak import Admin, HarnessError, KeycloakServer, group_alive
+from harness.keycloak import Admin, KeycloakServer
+from harness.process import HarnessError, group_alive
 
 ROOT = Path(__file__).resolve().parent.parent
 

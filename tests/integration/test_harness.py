@@ -13,7 +13,8 @@ import urllib.request
 
 import pytest
 
-from harness.keycloak import ROOT, Admin, KeycloakServer, free_port, group_alive
+from harness.keycloak import ROOT, Admin, KeycloakServer, free_port
+from harness.process import group_alive
 
 pytestmark = pytest.mark.integration
 

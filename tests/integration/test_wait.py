@@ -8,7 +8,8 @@ import sys
 import time
 from pathlib import Path
 
-from harness.keycloak import KeycloakServer, client_credentials_token, free_port, group_alive
+from harness.keycloak import KeycloakServer, client_credentials_token, free_port
+from harness.process import group_alive
 from tests.conftest import base_env, run_cli
 
 REALM_WITH_LOOPBACK_TRUSTED = {

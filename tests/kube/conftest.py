@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.keycloak import Admin, KeycloakServer, group_alive
-from harness.kube import HarnessError, KubeServer, ensure_binaries
+from harness.keycloak import Admin, KeycloakServer
+from harness.kube import KubeServer, ensure_binaries
+from harness.process import HarnessError, group_alive
 from tests.kube.pods import Cluster, apply_shared_rbac
 
 RESTRICTED = {f"pod-security.kubernetes.io/{mode}": "restricted" for mode in ("enforce", "warn", "audit")} | {
