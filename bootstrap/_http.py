@@ -146,13 +146,17 @@ class Transport:
                 "host really belongs to the authorization server, add its origin to DCR_TRUSTED_ORIGINS."
             )
 
-    def _timeout(self) -> aiohttp.ClientTimeout:
-        budget = self._attempt_timeout
-        if self._remaining is not None:
-            budget = min(budget, self._remaining())
-        if budget <= 0:
+    def _timeout(self, idempotent: bool) -> aiohttp.ClientTimeout:
+        remaining = self._remaining() if self._remaining is not None else None
+        if remaining is not None and remaining <= 0:
             raise Unavailable("no time left before DCR_WAIT_TIMEOUT", out_of_time=True)
-        return aiohttp.ClientTimeout(total=budget)
+        attempt = self._attempt_timeout if remaining is None else min(self._attempt_timeout, remaining)
+        if idempotent:
+            return aiohttp.ClientTimeout(total=attempt)
+        # A request that must not be repeated waits for its answer as long as the run may: cutting it
+        # short cannot undo it on the server, only turn "slow" into a client nobody knows. Connecting
+        # (nothing sent yet) still gives up after one attempt's time and is retried.
+        return aiohttp.ClientTimeout(total=remaining, sock_connect=attempt)
 
     async def request(
         self,
@@ -182,7 +186,7 @@ class Transport:
                 data=form,
                 ssl=self._ssl,
                 allow_redirects=False,
-                timeout=aiohttp.ClientTimeout(total=budget) if budget else self._timeout(),
+                timeout=aiohttp.ClientTimeout(total=budget) if budget else self._timeout(idempotent),
             ) as resp:
                 status = resp.status
                 resp_headers = {k.lower(): v for k, v in resp.headers.items()}
@@ -221,6 +225,8 @@ def _translate(exc: aiohttp.ClientError | TimeoutError, method: str, target: str
         )
     if isinstance(exc, aiohttp.ClientConnectorError):
         return Unavailable(f"cannot connect to {target}: {exc.os_error.strerror or exc}", connect=True)
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):  # nothing was sent: safe to try again
+        return Unavailable(f"{method} {target}: connecting timed out")
     if isinstance(exc, aiohttp.InvalidURL):
         return ServerResponseError(f"{target} is not a valid URL; nothing was sent to it.")
     reason = "timed out" if isinstance(exc, TimeoutError) else type(exc).__name__

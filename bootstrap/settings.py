@@ -142,7 +142,11 @@ class Settings(BaseSettings):
         120.0, gt=0, allow_inf_nan=False, description="Total seconds for the whole run (waiting included)."
     )
     dcr_attempt_timeout: float = Field(
-        10.0, gt=0, allow_inf_nan=False, description="Seconds for one HTTP attempt (never past DCR_WAIT_TIMEOUT)."
+        10.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="Seconds for one HTTP attempt (never past DCR_WAIT_TIMEOUT). A registration POST or update "
+        "PUT, which must not be repeated, waits for its answer until DCR_WAIT_TIMEOUT instead.",
     )
     dcr_retry_initial_delay: float = Field(
         0.5, ge=0, allow_inf_nan=False, description="First backoff delay in seconds."

@@ -30,9 +30,9 @@ log = get_logger()
 # A refused connection is answered by the kernel, not the server: probe it often.
 PROBE_INTERVAL = 0.2
 # A server (or its gateway) that answers "not there yet" while it starts: poll at under 4 requests a
-# second, so the run notices it within half a second of being ready without pressing on it.
+# second on average, so the run notices it within a third of a second without pressing on it.
 NOT_READY = frozenset({404, 502, 503, 504})
-NOT_READY_INTERVAL = (0.25, 0.5)
+NOT_READY_INTERVAL = (0.2, 0.35)
 _zero_delays = False
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -120,3 +121,11 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int) -> None:
     for folder in _LOG_FOLDERS:
         failed = exitstatus != 0
         write(f"{'FAILED: ' if failed else ''}logs of every service: {folder}")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The container stage needs an engine and Keycloak: `pytest -m "not integration"` skips it too."""
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.integration)

@@ -342,8 +342,8 @@ async def test_a_registration_client_uri_on_another_origin_gets_no_token(server:
 
 async def test_a_put_that_timed_out_is_not_retried_with_the_old_token(server: FakeServer, tmp_path: Path) -> None:
     await flow.run(settings_for(server, tmp_path))
-    server.slow["PUT /connect/register/client-1"] = 2.0
-    changed = settings_for(server, tmp_path, dcr_client_name="renamed", dcr_attempt_timeout=0.5)
+    server.slow["PUT /connect/register/client-1"] = 3.0  # past the whole run's deadline
+    changed = settings_for(server, tmp_path, dcr_client_name="renamed", dcr_wait_timeout=1.5)
     with pytest.raises(ServerResponseError, match="may have acted on it"):
         await flow.run(changed)
     assert server.count("PUT", "/connect/register/client-1") == 1
@@ -385,3 +385,11 @@ async def test_an_echoed_authorization_header_never_reaches_the_log(server: Fake
     _, err = await proc.communicate()
     assert proc.returncode == ExitCode.CREDENTIALS_REJECTED
     assert "ZWNoby1jbGllbnQ6d3Jvbmctc2VjcmV0LXZhbHVl" not in err.decode()  # base64 of echo-client:wrong-secret-value
+
+
+async def test_slow_registration_answer_is_awaited_not_orphaned(server: FakeServer, tmp_path: Path) -> None:
+    """A POST slower than DCR_ATTEMPT_TIMEOUT is waited for (within the deadline): one client, saved."""
+    server.slow["POST /connect/register"] = 1.0
+    outcome = await flow.run(settings_for(server, tmp_path, dcr_attempt_timeout=0.3))
+    assert outcome.action == "registered"
+    assert server.registered == 1 and saved(tmp_path)["client_id"] == outcome.registration.client_id
