@@ -213,7 +213,7 @@ def _ensure_binaries_locked(version: str, out: Path) -> Binaries:
         built = True
     if not ((out / "kube-apiserver").exists() and (out / "kubectl").exists()):
         if shutil.which("go") is None:
-            raise HarnessError("Go is needed to build kube-apiserver (scripts/setup.sh installs it)")
+            raise HarnessError("Go 1.24+ is needed to build etcd and kube-apiserver once; install it and run again")
         _build_kube(version, out)
         built = True
     if built:

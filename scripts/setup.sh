@@ -21,6 +21,10 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   fi
 fi
 
+# Go is not installed here (Debian's is too old): the container and Kubernetes stages build Compose,
+# etcd and kube-apiserver with it once per machine, and fail with one line without it.
+command -v go >/dev/null 2>&1 || say "go not found: install Go 1.24+ for the container and Kubernetes stages"
+
 PYTHON=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   say "creating .venv with $($PYTHON --version)"
