@@ -353,6 +353,11 @@ class Settings(BaseSettings):
         return self
 
     def _check_kubernetes(self) -> None:
+        if self.dcr_k8s_secret and self.dcr_delete_on_exit:
+            raise ConfigError(
+                "DCR_DELETE_ON_EXIT would delete the client that DCR_K8S_SECRET shares with every other Pod when "
+                "this one stops; use one of the two modes (see docs/kubernetes.md)."
+            )
         if self.dcr_k8s_secret and not self.use_dcr:
             raise ConfigError(
                 "DCR_K8S_SECRET shares a DCR registration, but USE_DCR=false; unset DCR_K8S_SECRET for static "

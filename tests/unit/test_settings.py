@@ -99,3 +99,12 @@ def test_lease_without_secret_is_refused(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv("DCR_K8S_LEASE", "mcp-dcr")
     with pytest.raises(ConfigError, match="without DCR_K8S_SECRET"):
         load_settings().check()
+
+
+def test_delete_on_exit_with_a_shared_secret_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One Pod stopping must never delete the client every replica shares."""
+    monkeypatch.setenv("DCR_ISSUER", "https://as.example.test")
+    monkeypatch.setenv("DCR_K8S_SECRET", "mcp-dcr")
+    monkeypatch.setenv("DCR_DELETE_ON_EXIT", "true")
+    with pytest.raises(ConfigError, match="DCR_DELETE_ON_EXIT"):
+        load_settings().check()
