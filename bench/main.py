@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import random
@@ -146,17 +147,8 @@ async def _main(args: argparse.Namespace) -> Results:
 
         # Warm Keycloak up (JIT, caches): two discarded rounds of every job.
         log("warm-up")
-        await asyncio.to_thread(
-            register.costs,
-            url=server.url,
-            realm=realm,
-            token=token,
-            trees=trees,
-            peers=peers,
-            work=work / "warmup",
-            rounds=2,
-            seed=99,
-        )
+        costs = functools.partial(register.costs, url=server.url, realm=realm, token=token, trees=trees, peers=peers)
+        await asyncio.to_thread(costs, work=work / "warmup", rounds=2, seed=99)
         if "startup" in figures:
             results.loads["startup"] = os.getloadavg()
             log("startup: env, imports, importtime, cProfile")
@@ -196,16 +188,7 @@ async def _main(args: argparse.Namespace) -> Results:
         if "cost" in figures:
             results.loads["cost"] = os.getloadavg()
             log(f"cost: {rounds} interleaved rounds")
-            results.costs = await asyncio.to_thread(
-                register.costs,
-                url=server.url,
-                realm=realm,
-                token=token,
-                trees=trees,
-                peers=peers,
-                work=work / "cost",
-                rounds=rounds,
-            )
+            results.costs = await asyncio.to_thread(costs, work=work / "cost", rounds=rounds)
         if "economy" in figures:
             results.loads["economy"] = os.getloadavg()
             log("economy: requests per job")
