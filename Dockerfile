@@ -40,7 +40,9 @@ RUN groupadd --system --gid 10001 dcr \
  && useradd --system --uid 10001 --gid 10001 --home-dir /nonexistent --no-create-home --shell /usr/sbin/nologin dcr \
  && install -d -o 10001 -g 10001 -m 0700 /var/lib/dcr
 USER 10001:10001
-WORKDIR /var/lib/dcr
+# The working directory is not the volume: settings read a .env from it, and any co-tenant of the volume
+# could drop one there. / belongs to root; every path the tool uses is absolute (DCR_CLIENT_FILE above).
+WORKDIR /
 # No VOLUME: it would give every service that does not mount /var/lib/dcr an anonymous volume that
 # `down -v` never removes. Mount a named volume there (compose) or an emptyDir (Kubernetes).
 ENTRYPOINT ["/usr/local/bin/entrypoint.sh"]

@@ -7,7 +7,14 @@
 #
 # Signals: while the bootstrap runs, TERM/INT/HUP are forwarded to it; after exec, CMD receives them
 # directly. Exit codes are preserved (see the README's exit-code table).
+#
+# CMD gets only what it needs: the variables below, the bootstrap's own secrets and the files holding
+# them, are removed from its environment (it gets the client secret itself as KEYCLOAK_CLIENT_SECRET).
+# The files are left as they are. This is the one list; the README and docs/containers.md name it.
 set -eu
+
+bootstrap_only="DCR_INITIAL_ACCESS_TOKEN DCR_INITIAL_ACCESS_TOKEN_FILE KEYCLOAK_ADMIN_USERNAME
+KEYCLOAK_ADMIN_PASSWORD KEYCLOAK_ADMIN_PASSWORD_FILE KEYCLOAK_CLIENT_SECRET_FILE"
 
 if [ "$#" -eq 0 ]; then
   exec dcr-bootstrap
@@ -40,4 +47,7 @@ fi
 exports=$(dcr-bootstrap env)
 eval "$exports"
 export KEYCLOAK_CLIENT_ID KEYCLOAK_CLIENT_SECRET
+for name in $bootstrap_only; do
+  unset "$name"
+done
 exec "$@"

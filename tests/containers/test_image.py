@@ -6,6 +6,7 @@ stack up first. Each Keycloak test works in a realm of its own, so the stack's r
 
 from __future__ import annotations
 
+import posixpath
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -150,3 +151,15 @@ def test_image_runs_as_10001_without_compiler_or_pip_cache(engine: Engine, image
     found = docker(engine.env, "run", "--rm", "--user", "0", "--entrypoint", "sh", image, "-c", probe)
     assert found.returncode == 0, found.stderr
     assert found.stdout.strip() == "", f"compiler or pip cache in the image: {found.stdout}"
+
+
+def test_image_workdir_is_not_the_volume_and_not_writable_by_10001(engine: Engine, image: str) -> None:
+    """WORKDIR is neither /var/lib/dcr nor writable by uid 10001, so no co-tenant can drop a .env there."""
+    inspected = docker(engine.env, "image", "inspect", "--format", "{{.Config.WorkingDir}}", image)
+    assert inspected.returncode == 0, inspected.stderr
+    workdir = posixpath.normpath(inspected.stdout.strip() or "/")
+    assert workdir != "/var/lib/dcr", "the image starts in the credentials volume"
+    probe = "pwd; if test -w .; then echo writable; else echo read-only; fi"
+    found = docker(engine.env, "run", "--rm", "--user", "10001:10001", "--entrypoint", "sh", image, "-c", probe)
+    assert found.returncode == 0, found.stderr
+    assert found.stdout.split() == [workdir, "read-only"], found.stdout

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from harness.keycloak import ROOT, free_port
 from tests.conftest import base_env
 
@@ -19,6 +21,26 @@ CHECK_ENV = (
     "sys.exit(0 if (os.environ['KEYCLOAK_CLIENT_ID'], os.environ['KEYCLOAK_CLIENT_SECRET']) "
     "== (d['client_id'], d['client_secret']) else 9)"
 )
+
+# What wrap mode keeps from the command (entrypoint.sh's list): the bootstrap's own secrets and their files.
+BOOTSTRAP_ONLY = (
+    "DCR_INITIAL_ACCESS_TOKEN",
+    "DCR_INITIAL_ACCESS_TOKEN_FILE",
+    "KEYCLOAK_ADMIN_USERNAME",
+    "KEYCLOAK_ADMIN_PASSWORD",
+    "KEYCLOAK_ADMIN_PASSWORD_FILE",
+    "KEYCLOAK_CLIENT_SECRET_FILE",
+)
+
+# Exits 8 naming (never showing) any of them that is still set, else checks the credentials as CHECK_ENV does.
+CHECK_STRIPPED = f"""
+import os, sys
+leaked = [name for name in {BOOTSTRAP_ONLY!r} if name in os.environ]
+if leaked:
+    print("still set:", *leaked, file=sys.stderr)
+    sys.exit(8)
+{CHECK_ENV}
+"""
 
 
 def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -47,6 +69,26 @@ def test_with_arguments_exports_credentials_and_execs_the_command(env: dict[str,
     secret = json.loads(creds_file.read_text())["client_secret"]
     if secret in result.stdout + result.stderr:
         raise AssertionError("the client secret leaked into the output")
+
+
+@pytest.mark.parametrize("form", ["values", "files"])
+def test_with_arguments_the_command_gets_none_of_the_bootstrap_secrets(
+    env: dict[str, str], tmp_path: Path, form: str
+) -> None:
+    """Wrapper mode: the command gets the client's credentials but no token, admin credential or *_FILE name."""
+    # A variable and its *_FILE cannot both be set (ConfigError), so the value and file forms are two runs.
+    token_file, password_file, secret_file = (tmp_path / name for name in ("iat", "admin-password", "client-secret"))
+    token_file.write_text(env["DCR_INITIAL_ACCESS_TOKEN"])
+    password_file.write_text("not-the-admin-password")
+    secret_file.write_text("not-the-client-secret")
+    env |= {"KEYCLOAK_ADMIN_USERNAME": "admin", "KEYCLOAK_CLIENT_SECRET_FILE": str(secret_file)}
+    if form == "values":
+        env["KEYCLOAK_ADMIN_PASSWORD"] = "not-the-admin-password"
+    else:
+        del env["DCR_INITIAL_ACCESS_TOKEN"]
+        env |= {"DCR_INITIAL_ACCESS_TOKEN_FILE": str(token_file), "KEYCLOAK_ADMIN_PASSWORD_FILE": str(password_file)}
+    result = run(env, sys.executable, "-c", CHECK_STRIPPED)
+    assert result.returncode == 0, result.stderr
 
 
 def test_with_arguments_a_failing_bootstrap_stops_before_the_command(tmp_path: Path) -> None:
