@@ -190,7 +190,7 @@ class Transport:
             ) as resp:
                 status = resp.status
                 resp_headers = {k.lower(): v for k, v in resp.headers.items()}
-                body = await _read_capped(resp, target)
+                body = await read_capped(resp, target)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise _translate(exc, method, target, idempotent=idempotent) from None
         # Method, URL, status and time only: headers and bodies carry secrets.
@@ -238,7 +238,7 @@ def _translate(exc: aiohttp.ClientError | TimeoutError, method: str, target: str
     return Unavailable(f"{method} {target}: {reason}")
 
 
-async def _read_capped(resp: aiohttp.ClientResponse, url: str) -> bytes:
+async def read_capped(resp: aiohttp.ClientResponse, url: str) -> bytes:
     """The body, at most MAX_BODY bytes after decoding; more is a MalformedResponse, never memory."""
     raw = bytearray()
     async for chunk in resp.content.iter_chunked(64 * 1024):

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from . import flow, keycloak, log, quick, store
 from .errors import BootstrapError, ConfigError, ExitCode, StorageError
 from .models import SavedRegistration
-from .settings import Settings, load_settings
+from .settings import Settings, ignored_env_files, load_settings
 from .wait import Deadline
 
 logger = log.get_logger()
@@ -102,7 +102,7 @@ async def _initial_token(settings: Settings, args: argparse.Namespace) -> None:
     if args.output is not None:
         store.probe_writable(args.output)
     password = settings.keycloak_admin_password.get_secret_value()
-    log.register_secret(password)
+    log.register_secrets(password)
     deadline = Deadline(settings.dcr_wait_timeout)
     async with flow.transport_for(settings, deadline) as transport:
         token = await keycloak.initial_access_token(
@@ -115,7 +115,7 @@ async def _initial_token(settings: Settings, args: argparse.Namespace) -> None:
             count=args.count,
             expiration=args.expiration,
         )
-    log.register_secret(token)
+    log.register_secrets(token)
     if args.output:
         store.write_private(args.output, (token + "\n").encode())
         logger.info(
@@ -148,14 +148,23 @@ async def _with_signals(coro: Awaitable[None]) -> None:
     await task
 
 
+def _warn_ignored() -> None:
+    for path, reason in ignored_env_files:
+        logger.warning(f"Ignored {path}: it {reason}; settings come from the environment only", path=path)
+    ignored_env_files.clear()
+
+
 def execute(command: str, args: argparse.Namespace) -> int:
     log.configure()
     settings: Settings | None = None
     try:
         settings = load_settings()
         log.configure(settings.dcr_log_format, settings.dcr_log_level)
+        _warn_ignored()
         asyncio.run(_with_signals(COMMANDS[command](settings, args)))
     except BootstrapError as exc:
+        if settings is None:
+            _warn_ignored()  # the reason a setting is missing may be the .env we would not read
         message = str(exc)
         if hint := keycloak.hint_for(exc, settings.keycloak_url if settings else None):
             message = f"{message} Keycloak: {hint}"
@@ -167,8 +176,9 @@ def execute(command: str, args: argparse.Namespace) -> int:
         logger.error("Interrupted; the credentials file was left as it was.", exit_code=int(ExitCode.INTERRUPTED))
         return int(ExitCode.INTERRUPTED)
     except Exception as exc:  # a bug: say so in one line; the redaction processor still applies
+        notes = "".join(f" {note}" for note in getattr(exc, "__notes__", ()))
         logger.error(
-            f"Unexpected error ({type(exc).__name__}: {exc}); this is a bug, please report it with this log.",
+            f"Unexpected error ({type(exc).__name__}: {exc}); this is a bug, please report it with this log.{notes}",
             exit_code=int(ExitCode.INTERNAL),
         )
         return int(ExitCode.INTERNAL)

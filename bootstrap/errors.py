@@ -12,6 +12,7 @@ secret values: only names of settings, HTTP status codes and the server's own
     ├── ServerResponseError ................ 7  the server answered something unusable or untrusted
     │   ├── DiscoveryError                      no metadata, issuer mismatch, no registration_endpoint
     │   └── MalformedResponse                   not JSON, too large, missing or unsafe fields
+    │       └── UnsafeValue                     a credential with control characters: never saved
     ├── OAuthError ......................... -  an RFC 6749/6750/7591 error response
     │   ├── RegistrationRejected ........... 4  RFC 7591 / 7592 request refused
     │   │   ├── InvalidToken                    initial/registration access token bad, expired, used up
@@ -32,6 +33,8 @@ from __future__ import annotations
 
 from enum import IntEnum
 from typing import ClassVar
+
+from . import _secrets
 
 # A server's error_description goes into our last log line: keep it short and printable.
 DESCRIPTION_LIMIT = 300
@@ -71,8 +74,8 @@ EXIT_CODE_MEANINGS: dict[ExitCode, str] = {
 
 
 def printable(text: str, limit: int = DESCRIPTION_LIMIT) -> str:
-    """Escape control characters and cap the length of text that came from a server."""
-    out = "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
+    """Mask known secrets, escape control characters and cap the length of text that came from a server."""
+    out = "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in _secrets.mask(text))
     return out if len(out) <= limit else out[:limit] + "...(truncated)"
 
 
@@ -134,6 +137,10 @@ class DiscoveryError(ServerResponseError):
 
 class MalformedResponse(ServerResponseError):
     pass
+
+
+class UnsafeValue(MalformedResponse):
+    """A server sent a credential outside RFC 6749 VSCHAR; it is never saved (nor retried elsewhere)."""
 
 
 class OAuthError(BootstrapError):

@@ -13,11 +13,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Literal
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal, Protocol
 
-from . import discovery, log, registration, store, tokens
+from pydantic import SecretStr
+
+from . import discovery, keycloak, log, registration, store, tokens
 from ._http import Transport
 from .errors import (
     BootstrapError,
@@ -26,10 +31,20 @@ from .errors import (
     DiscoveryError,
     MalformedResponse,
     RegistrationRejected,
+    ServerNotReady,
     ServerResponseError,
     StorageError,
+    UnsafeValue,
 )
-from .models import SECRET_AUTH_METHODS, ClientInformation, ClientMetadata, SavedRegistration, ServerMetadata, is_vschar
+from .models import (
+    SECRET_AUTH_METHODS,
+    ClientInformation,
+    ClientMetadata,
+    Intent,
+    SavedRegistration,
+    ServerMetadata,
+    is_vschar,
+)
 from .settings import Settings, hostname
 from .wait import Deadline, RetryPolicy
 
@@ -39,6 +54,17 @@ Action = Literal["registered", "reloaded", "updated", "static"]
 CLEANUP_TIMEOUT = 5.0
 # Deleting a per-Pod client on SIGTERM must finish well inside Kubernetes' default 30 s grace period.
 EXIT_DELETE_TIMEOUT = 15.0
+
+
+class Created(Protocol):
+    """What deleting a client we made needs: a registration answer or the registration saved from it."""
+
+    @property
+    def client_id(self) -> str: ...
+    @property
+    def registration_client_uri(self) -> str | None: ...
+    @property
+    def registration_access_token(self) -> SecretStr | None: ...
 
 
 @dataclass(frozen=True)
@@ -79,12 +105,6 @@ def transport_for(settings: Settings, deadline: Deadline, issuer: str | None = N
     )
 
 
-def _register_secrets(settings: Settings) -> None:
-    for secret in (settings.dcr_initial_access_token, settings.keycloak_client_secret):
-        if secret is not None:
-            log.register_secret(secret.get_secret_value())
-
-
 async def wait_for_server(settings: Settings) -> ServerMetadata:
     settings.check_server()
     deadline = Deadline(settings.dcr_wait_timeout)
@@ -108,7 +128,6 @@ class _Run:
 async def run(settings: Settings, deadline: Deadline | None = None) -> Outcome:
     """``deadline``: one begun earlier (the Kubernetes store waits for its Lease within the same one)."""
     settings.check()
-    _register_secrets(settings)
     deadline = deadline or Deadline(settings.dcr_wait_timeout)
     policy = policy_for(settings, deadline)
     path, env_file = settings.dcr_client_file, settings.dcr_env_file
@@ -119,24 +138,32 @@ async def run(settings: Settings, deadline: Deadline | None = None) -> Outcome:
         store.probe_writable(path, env_file)
         saved = store.load(path)
         pending = store.load_pending(path)
+        interrupted = bool(store.load_intents(path))
         async with transport:
             wanted = wanted_metadata(settings)
-            if pending is None and saved is not None:
+            if pending is None and saved is not None and not interrupted:
                 found = await _quick_reload(transport, settings, policy, wanted, saved)
                 if isinstance(found, Outcome):
                     return found
                 saved = found
             server = await policy.call("discovery", discovery.discover, transport, settings.expected_issuer)
             ctx = _Run(transport, settings, server, policy, wanted)
-            if not settings.use_dcr:
-                return await _static(ctx, saved)
-            endpoint = discovery.require_registration_endpoint(server)
-            logger.info("Discovered DCR endpoint", endpoint=endpoint, issuer=server.issuer)
-            if pending is not None and (adopted := await _adopt(ctx, pending)) is not None:
-                return adopted
-            if saved is not None and (reloaded := await _reload_or_set_aside(ctx, saved, endpoint)) is not None:
-                return reloaded
-            return await _register(ctx, endpoint)
+            if interrupted:
+                await resolve_intents(ctx, {r.client_id for r in (saved, pending) if r is not None})
+            return await _decide(ctx, saved, pending)
+
+
+async def _decide(ctx: _Run, saved: SavedRegistration | None, pending: SavedRegistration | None) -> Outcome:
+    """With the server discovered: static credentials, or adopt, reload or register."""
+    if not ctx.settings.use_dcr:
+        return await _static(ctx, saved)
+    endpoint = discovery.require_registration_endpoint(ctx.server)
+    logger.info("Discovered DCR endpoint", endpoint=endpoint, issuer=ctx.server.issuer)
+    if pending is not None and (adopted := await _adopt(ctx, pending)) is not None:
+        return adopted
+    if saved is not None and (reloaded := await _reload_or_set_aside(ctx, saved, endpoint)) is not None:
+        return reloaded
+    return await _register(ctx, endpoint)
 
 
 async def _reload_or_set_aside(ctx: _Run, saved: SavedRegistration, endpoint: str) -> Outcome | None:
@@ -185,9 +212,6 @@ def _merge(
 
 
 def _save(ctx: _Run, saved: SavedRegistration) -> None:
-    for secret in (saved.client_secret, saved.registration_access_token):
-        if secret is not None:
-            log.register_secret(secret.get_secret_value())
     store.save(ctx.settings.dcr_client_file, saved, ctx.settings.dcr_env_file)
 
 
@@ -197,22 +221,98 @@ def _save(ctx: _Run, saved: SavedRegistration) -> None:
 async def _register(ctx: _Run, endpoint: str) -> Outcome:
     secret = ctx.settings.dcr_initial_access_token
     iat = secret.get_secret_value() if secret else None
+    intent = _intend(ctx)
+    asked = ctx.wanted.model_copy(update={"client_name": named(ctx.wanted.client_name, intent.nonce)})
     try:
-        info = await ctx.policy.call("registration", registration.register, ctx.transport, endpoint, ctx.wanted, iat)
-    except RegistrationRejected as exc:
-        # The seed's event, kept for log-based alerts; the CLI's last line carries the remedy.
-        logger.error("Failed to register client", status=exc.status, error=exc.error_code)
+        info = await ctx.policy.call("registration", registration.register, ctx.transport, endpoint, asked, iat)
+    except (RegistrationRejected, ServerNotReady) as exc:
+        _forget(ctx, intent)  # refused, or never processed: the server created nothing
+        if isinstance(exc, RegistrationRejected):
+            # The seed's event, kept for log-based alerts; the CLI's last line carries the remedy.
+            logger.error("Failed to register client", status=exc.status, error=exc.error_code)
         raise
-    new = _merge(info, ctx.server, None, ctx.wanted.fingerprint)
-    for value in (new.client_secret, new.registration_access_token):
-        if value is not None:
-            log.register_secret(value.get_secret_value())
-    async with _delete_on_failure(ctx, new):
+    # From the server's answer on, any failure (of whatever type) deletes the client again.
+    async with _delete_on_failure(ctx, info):
+        _check_values(info, "registration response")
+        new = _merge(info, ctx.server, None, ctx.wanted.fingerprint)
         # Recorded before anything else can fail: a run killed from here on leaves no orphan.
         store.save_pending(ctx.settings.dcr_client_file, new)
+        _forget(ctx, intent)
         await _finish(ctx, new)
     logger.info("Successfully registered client", client_id=new.client_id, client_name=ctx.wanted.client_name)
     return Outcome("registered", new)
+
+
+def named(client_name: str, nonce: str) -> str:
+    """The client_name sent in a registration: the wanted one, with the run's nonce to find it by."""
+    return f"{client_name} (dcr {nonce})"
+
+
+def _intend(ctx: _Run) -> Intent:
+    """Record, before the POST, that this run is about to create a client, and by which nonce."""
+    intent = Intent(
+        nonce=secrets.token_hex(6),
+        issuer=ctx.server.issuer,
+        client_name=ctx.wanted.client_name,
+        started_at=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
+    path = ctx.settings.dcr_client_file
+    store.save_intents(path, [*store.load_intents(path), intent])
+    return intent
+
+
+def _forget(ctx: _Run, intent: Intent) -> None:
+    path = ctx.settings.dcr_client_file
+    store.save_intents(path, [i for i in store.load_intents(path) if i.nonce != intent.nonce])
+
+
+async def resolve_intents(ctx: _Run, in_use: set[str]) -> None:
+    """Registrations that a killed run asked for and never recorded: find and delete them, or say how.
+
+    RFC 7591 cannot look a client up, so this needs the server's own admin API: with Keycloak admin
+    credentials (the ones ``initial-token`` uses) the clients named with the nonce are deleted, except
+    one this folder uses. Without them, each nonce is logged on every run until an operator acts.
+    """
+    path = ctx.settings.dcr_client_file
+    intents = store.load_intents(path)
+    admin = ctx.settings.keycloak_admin()
+    mine = [i for i in intents if i.issuer.rstrip("/") == ctx.server.issuer.rstrip("/")]
+    if admin is None or not mine:
+        _warn_unresolved(intents, store.intent_path(path))
+        return
+    try:
+        removed = await keycloak.delete_clients_named(
+            ctx.transport, ctx.policy, *admin, names={named(i.client_name, i.nonce) for i in mine}, keep=in_use
+        )
+    except BootstrapError as exc:  # a cleanup of an earlier run's leftovers never fails this one
+        logger.warning("Could not look for clients an interrupted run left", error=str(exc))
+        return
+    store.save_intents(path, list(set(intents) - set(mine)))
+    for client_id in removed:
+        logger.warning("Deleted a client that an interrupted run left on the server", client_id=client_id)
+
+
+def _warn_unresolved(intents: list[Intent], intent_file: Path) -> None:
+    for intent in intents:
+        logger.warning(
+            "A run was stopped while registering; the server may hold a client nobody uses",
+            client_name=named(intent.client_name, intent.nonce),
+            issuer=intent.issuer,
+            started_at=intent.started_at,
+            remedy=f"delete that client on the server, then remove {intent_file}; or set "
+            "KEYCLOAK_ADMIN_USERNAME and KEYCLOAK_ADMIN_PASSWORD so the next run does it",
+        )
+
+
+def _check_values(info: ClientInformation, what: str) -> None:
+    """Values a server sent are held to the rules of the ones from the environment, before any is saved."""
+    unsafe = info.unsafe_fields()
+    if unsafe:
+        raise UnsafeValue(
+            f"The server's {what} has {', '.join(unsafe)} with characters outside RFC 6749's VSCHAR (control "
+            "characters, line breaks); a compliant server never sends them, so nothing was saved. Run again "
+            "once the server is fixed."
+        )
 
 
 async def _adopt(ctx: _Run, pending: SavedRegistration) -> Outcome | None:
@@ -240,12 +340,6 @@ async def _finish(ctx: _Run, new: SavedRegistration) -> None:
 
 
 def _check_new(ctx: _Run, new: SavedRegistration) -> None:
-    unsafe = ClientInformation.model_validate(new.to_file()).unsafe_fields()
-    if unsafe:
-        raise MalformedResponse(
-            f"The server issued {', '.join(unsafe)} with characters outside RFC 6749's VSCHAR (control "
-            "characters, line breaks); a compliant server never does, so the credentials were not saved."
-        )
     if ctx.settings.dcr_env_file is not None:
         store.env_lines(new)  # refuses values a shell or docker --env-file cannot carry, before any proof
     asked = ctx.wanted.token_endpoint_auth_method
@@ -258,7 +352,7 @@ def _check_new(ctx: _Run, new: SavedRegistration) -> None:
         )
 
 
-def _delete_on_failure(ctx: _Run, new: SavedRegistration) -> contextlib.AbstractAsyncContextManager[None]:
+def _delete_on_failure(ctx: _Run, new: Created) -> contextlib.AbstractAsyncContextManager[None]:
     """If the run fails after the server created ``new``, delete it (RFC 7592) and say so in the error."""
     return undo_on_failure(lambda: _delete_new(ctx, new), new.client_id)
 
@@ -268,16 +362,21 @@ async def undo_on_failure(undo: Callable[[], Awaitable[str]], client_id: str) ->
     """On a failure or a cancellation inside the block, ``undo()`` and add its sentence to the error."""
     try:
         yield
-    except (BootstrapError, asyncio.CancelledError) as exc:
-        note = await undo()
+    except (Exception, asyncio.CancelledError) as exc:  # whatever failed: a bug must not leave a client live
+        try:
+            note = await undo()
+        except Exception as failed:
+            note = f"Client {client_id} was created on the server and could not be deleted ({type(failed).__name__})."
         if isinstance(exc, BootstrapError):
             exc.add_context(note)
-        else:
+        elif isinstance(exc, asyncio.CancelledError):
             logger.warning(note, client_id=client_id)
+        else:
+            exc.add_note(note)  # the CLI's one line for an unexpected error carries it
         raise
 
 
-async def _delete_new(ctx: _Run, new: SavedRegistration) -> str:
+async def _delete_new(ctx: _Run, new: Created) -> str:
     pending = store.pending_path(ctx.settings.dcr_client_file)
     remedy = (
         f"it is recorded in {pending}, and the next run finishes or deletes it."
@@ -292,7 +391,7 @@ async def _delete_new(ctx: _Run, new: SavedRegistration) -> str:
 
 
 async def delete_created(
-    transport: Transport, new: SavedRegistration, remedy: str = "delete it there by hand."
+    transport: Transport, new: Created, remedy: str = "delete it there by hand."
 ) -> tuple[bool, str]:
     """RFC 7592 DELETE of a client this run created, on its own budget: (gone now, a sentence saying so)."""
     uri, token = new.registration_client_uri, new.registration_access_token
@@ -341,6 +440,8 @@ async def _quick_reload(
     ctx = _Run(transport, settings, known, policy, wanted)
     try:
         _, current = await _read(ctx, saved)
+    except UnsafeValue:
+        raise  # a clear error now; the full path would only meet the rotated token
     except (ClientGone, ServerResponseError):
         return saved
     if current.metadata_fingerprint == wanted.fingerprint:
@@ -353,6 +454,7 @@ async def _read(ctx: _Run, saved: SavedRegistration) -> tuple[ClientInformation,
     uri, token = saved.registration_client_uri, saved.registration_access_token
     assert uri is not None and token is not None
     info = await ctx.policy.call("registration read", registration.read, ctx.transport, uri, token.get_secret_value())
+    _check_values(info, "RFC 7592 read answer")
     # Servers may rotate the registration access token on any call: keep what came back, first.
     current = _merge(info, ctx.server, saved, saved.metadata_fingerprint)
     _save(ctx, current)
@@ -385,6 +487,7 @@ async def _reload(ctx: _Run, saved: SavedRegistration) -> Outcome | None:
         )
     except ClientGone as exc:
         return await _keep_if_working(ctx, current, exc)
+    _check_values(info, "RFC 7592 update answer")
     updated = _merge(info, ctx.server, current, ctx.wanted.fingerprint)
     _save(ctx, updated)
     logger.info("Updated registration for client", client_id=updated.client_id)

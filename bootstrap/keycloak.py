@@ -1,12 +1,16 @@
 """Everything Keycloak-specific, in one place: issuer layout, error hints, and the admin API.
 
 The protocol modules never look at Keycloak's paths or messages. The CLI asks ``hint_for`` whether
-an error has a Keycloak remedy when it writes the last line; ``initial-token`` runs the admin calls.
+an error has a Keycloak remedy when it writes the last line; ``initial-token`` runs the admin calls,
+and the flow asks ``delete_clients_named`` to remove what a run killed during its POST left behind
+(RFC 7591 offers no way to look a client up: only the server's own admin API can).
 """
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING
+from urllib.parse import quote
 
 from .errors import AdminRejected, BootstrapError, OAuthError, ServerNotReady
 
@@ -135,3 +139,74 @@ async def initial_access_token(
         count=count,
         expiration=expiration,
     )
+
+
+# Clients listed per admin API page while looking for an interrupted run's client.
+_PAGE = 200
+
+
+async def _clients_page(transport: Transport, base_url: str, realm: str, admin: str, first: int) -> list[object]:
+    resp = await transport.request(
+        "GET", f"{base_url}/admin/realms/{realm}/clients?first={first}&max={_PAGE}", bearer=admin
+    )
+    if resp.status != 200:
+        raise _rejected(resp, f"Keycloak refused to list the clients of realm {realm}", _MANAGE_HINT)
+    try:
+        page = json.loads(resp.body)
+    except ValueError:
+        page = None
+    if not isinstance(page, list):
+        raise AdminRejected(
+            status=resp.status,
+            error=None,
+            description=None,
+            what="Keycloak's client list is not a JSON list",
+            hint="Check that KEYCLOAK_URL points at Keycloak.",
+        )
+    return page
+
+
+async def _delete_client(transport: Transport, base_url: str, realm: str, admin: str, uuid: str) -> None:
+    resp = await transport.request("DELETE", f"{base_url}/admin/realms/{realm}/clients/{uuid}", bearer=admin)
+    if resp.status not in (204, 404):
+        raise _rejected(resp, f"Keycloak refused to delete a client of realm {realm}", _MANAGE_HINT)
+
+
+_MANAGE_HINT = "Give the admin user the realm-management role manage-clients, or delete the client by hand."
+
+
+async def delete_clients_named(
+    transport: Transport,
+    policy: RetryPolicy,
+    base_url: str,
+    realm: str,
+    username: str,
+    password: str,
+    *,
+    names: set[str],
+    keep: set[str],
+) -> list[str]:
+    """Delete the clients named one of ``names`` (except the client ids in ``keep``); their client ids."""
+    admin = await policy.call("admin login", admin_token, transport, base_url, username, password)
+    found: list[tuple[str, str]] = []
+    first = 0
+    while True:
+        page = await policy.call("client list", _clients_page, transport, base_url, realm, admin, first)
+        found += [(cid, uuid) for name, cid, uuid in _listed(page) if name in names and cid not in keep]
+        if len(page) < _PAGE:
+            break
+        first += _PAGE
+    for _, uuid in found:
+        await policy.call("client delete", _delete_client, transport, base_url, realm, admin, quote(uuid, safe=""))
+    return [client_id for client_id, _ in found]
+
+
+def _listed(page: list[object]) -> list[tuple[str, str, str]]:
+    """(name, clientId, id) of each well-formed client representation on a page of the admin API."""
+    out = []
+    for client in page:
+        if isinstance(client, dict):
+            name, client_id, uuid = client.get("name"), client.get("clientId"), client.get("id")
+            if isinstance(name, str) and isinstance(client_id, str) and isinstance(uuid, str):
+                out.append((name, client_id, uuid))
+    return out

@@ -1,25 +1,26 @@
 """structlog set-up: JSON for containers, console lines for people, and secret redaction.
 
 Redaction works twice over: values under sensitive keys are masked, and every secret value the
-process has handled (``register_secret``) is masked wherever it appears in a string, in its derived
-forms too (URL-encoded, base64, the Basic header of an id/secret pair). Strings are escaped (no
+process has handled is masked wherever it appears in a string, in its derived forms too (URL-encoded,
+base64 with and without padding, URL-safe base64, the Basic header of an id/secret pair). Secrets
+are registered where they enter (settings, the models of files, Secrets and server answers, the
+Kubernetes token), so nothing logged later, a server's own message included, can carry one. Strings are escaped (no
 control characters reach a console: no forged log lines) and capped in length.
 """
 
 from __future__ import annotations
 
-import base64
 import logging
 import sys
 from collections.abc import MutableMapping
 from typing import Any, Literal
-from urllib.parse import quote, quote_plus
 
 import structlog
 
+from . import _secrets
 from .errors import printable
 
-MASK = "**********"
+MASK = _secrets.MASK
 SENSITIVE_KEYS = frozenset(
     {
         "client_secret",
@@ -34,30 +35,16 @@ SENSITIVE_KEYS = frozenset(
 )
 # Long enough for any message of ours; a server-sent megabyte never makes a megabyte line.
 VALUE_LIMIT = 2000
-_secrets: set[str] = set()
 
 
-def register_secret(value: str | None) -> None:
-    """Remember a secret, and the forms it takes on the wire, so that each is masked wherever it appears."""
-    if not value or len(value) < 4:
-        return
-    _secrets.update({value, quote(value, safe=""), quote_plus(value), base64.b64encode(value.encode()).decode()})
-
-
-def register_basic(client_id: str, secret: str) -> None:
-    """The value of an HTTP Basic header for this pair (both raw and RFC 6749 §2.3.1 form-encoded)."""
-    for pair in (f"{client_id}:{secret}", f"{quote(client_id, safe='')}:{quote(secret, safe='')}"):
-        encoded = base64.b64encode(pair.encode()).decode()
-        _secrets.add(encoded)
-        _secrets.add(encoded.rstrip("="))
+register_secrets = _secrets.register
+register_secret = _secrets.register  # the one-value spelling; same function
+register_basic = _secrets.register_basic
 
 
 def _scrub(value: Any) -> Any:
     if isinstance(value, str):
-        for secret in sorted(_secrets, key=len, reverse=True):
-            if secret in value:
-                value = value.replace(secret, MASK)
-        return printable(value, VALUE_LIMIT)
+        return printable(value, VALUE_LIMIT)  # masks registered secrets, then escapes
     if isinstance(value, dict):
         return {k: MASK if str(k).lower() in SENSITIVE_KEYS and v else _scrub(v) for k, v in value.items()}
     if isinstance(value, list | tuple):

@@ -11,7 +11,9 @@ import hashlib
 import json
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+from . import log
 
 # Auth methods in which the client proves itself with a shared secret.
 SECRET_AUTH_METHODS = frozenset({"client_secret_basic", "client_secret_post", "client_secret_jwt"})
@@ -72,6 +74,13 @@ class ClientInformation(BaseModel):
     registration_client_uri: str | None = None
     token_endpoint_auth_method: str | None = None
 
+    @model_validator(mode="after")
+    def _mask(self) -> ClientInformation:
+        # Masked in every log line from the moment a server's answer is parsed, whatever happens next.
+        log.register_secrets(self.client_secret, self.registration_access_token)
+        log.register_basic(self.client_id, self.client_secret)
+        return self
+
     def unsafe_fields(self) -> list[str]:
         """Credentials outside RFC 6749's VSCHAR: only a broken or hostile server sends them."""
         values = {
@@ -82,6 +91,21 @@ class ClientInformation(BaseModel):
             ),
         }
         return [name for name, value in values.items() if not is_vschar(value)]
+
+
+class Intent(BaseModel):
+    """A registration asked for (a POST about to be sent), recorded before it is sent.
+
+    RFC 7591 has no idempotency key, so the nonce travels in ``client_name``: a later run that finds an
+    intent without an answer can find that client (by an admin API) or tell the operator its name.
+    """
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    nonce: str = Field(pattern=r"^[0-9a-f]{12}$")
+    issuer: str
+    client_name: str
+    started_at: str
 
 
 # Fields a server manages; RFC 7592 §2.2 forbids sending them back in an update.
@@ -111,6 +135,22 @@ class SavedRegistration(BaseModel):
     metadata_fingerprint: str | None = None
     token_endpoint_auth_method: str | None = None
     mode: str = "dcr"
+
+    @field_validator("client_id", "client_secret", "registration_access_token", "registration_client_uri")
+    @classmethod
+    def _vschar(cls, value: str | SecretStr | None) -> str | SecretStr | None:
+        # What we save is sent in headers later: a control character or line break would break every run.
+        text = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if text is not None and not is_vschar(text):
+            raise ValueError("has characters outside RFC 6749 VSCHAR (control characters or line breaks)")
+        return value
+
+    @model_validator(mode="after")
+    def _mask(self) -> SavedRegistration:
+        # Loaded from a file or a Secret, or built from an answer: masked in every log line from now on.
+        log.register_secrets(self.client_secret, self.registration_access_token)
+        log.register_basic(self.client_id, self.client_secret)
+        return self
 
     def to_file(self) -> dict[str, Any]:
         """Plain JSON with the secrets revealed: only ``store`` writes this, to a 0600 file."""

@@ -15,6 +15,8 @@ import shlex
 from pathlib import Path
 from typing import Any
 
+from ._files import Untrusted, read_own
+
 # Must equal Settings.dcr_client_file's default; a unit test holds the two together.
 DEFAULT_FILE = ".dcr_client.json"
 # 'show' prints these in clear and masks every other value, so a field we do not know is never shown.
@@ -47,7 +49,7 @@ def show_text(saved: dict[str, Any]) -> str:
 
 
 def _client_file() -> Path | None:
-    if Path(".env").exists():
+    if os.path.lexists(".env"):
         return None  # pydantic-settings reads it; only the full path knows what it names
     named = [value for key, value in os.environ.items() if key.upper() == "DCR_CLIENT_FILE"]
     if len(named) > 1 or (named and not named[0].strip()):
@@ -61,14 +63,16 @@ def load() -> dict[str, Any] | None:
     if path is None:
         return None
     try:
-        data = json.loads(path.read_bytes())
-    except (OSError, ValueError):
+        data = json.loads(read_own(path))  # a link or another user's file: the full path explains
+    except (OSError, ValueError, Untrusted):
         return None
     if not isinstance(data, dict):
         return None
     client_id, secret = data.get("client_id"), data.get("client_secret")
     if not (isinstance(client_id, str) and client_id) or not isinstance(secret, str | None):
         return None
+    if not all(" " <= ch <= "~" for ch in client_id + (secret or "")):
+        return None  # the full path refuses it in one line
     return data
 
 

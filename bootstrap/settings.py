@@ -1,5 +1,10 @@
 """Settings: environment variables (and an optional ``.env``); their names are the public interface.
 
+A ``.env`` in the working directory is read only if it is ours: a regular file (not a link) owned by
+this user or root, writable by nobody else, and not in the credentials folder, which other containers
+may share (whoever can write there must not choose where the initial access token is sent). Any other
+``.env`` is ignored with a warning naming the reason (``ignored_env_files``).
+
 The first four names come from the seed design (``USE_DCR``, ``DCR_INITIAL_ACCESS_TOKEN``,
 ``KEYCLOAK_CLIENT_ID``, ``KEYCLOAK_CLIENT_SECRET``). Every secret can also be read from a file
 (``*_FILE``), the way Docker and Kubernetes mount secrets. The README's configuration reference is
@@ -9,17 +14,29 @@ Everything is checked here, before any request: a bad value is one ConfigError l
 
 from __future__ import annotations
 
+import io
+import os
 import re
 import socket
 import ssl
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
+from dotenv import dotenv_values
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    DotEnvSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+from pydantic_settings.sources.utils import parse_env_vars
 
-from . import keycloak
+from . import keycloak, log
+from ._files import Untrusted, read_own
 from .errors import ConfigError
 from .models import is_vschar
 from .urls import origin
@@ -65,6 +82,51 @@ def _check_url(value: str, *, path_allowed: bool = True) -> str:
     return value.rstrip("/")
 
 
+# (path, why it was not read), for the CLI to log once logging is configured.
+ignored_env_files: list[tuple[str, str]] = []
+DEFAULT_CLIENT_FILE = ".dcr_client.json"
+
+
+def _credentials_folder() -> Path:
+    """Judged from the environment alone: a .env must not be able to move the folder it is judged by.
+
+    With DCR_CLIENT_FILE unset the file is ``./.dcr_client.json``, so a ``.env`` beside it is not read.
+    """
+    return Path(os.environ.get("DCR_CLIENT_FILE") or DEFAULT_CLIENT_FILE).absolute().parent
+
+
+def _safe_dotenv(path: Path) -> str | None:
+    """The text of a .env we may trust, or None (the reason recorded in ``ignored_env_files``)."""
+    try:
+        if path.absolute().parent.resolve() == _credentials_folder().resolve():
+            raise Untrusted(path, "sits in the credentials folder, which other containers may share")
+        raw = read_own(path, owners=frozenset({os.geteuid(), 0}), shared_write=False)
+    except FileNotFoundError:
+        return None
+    except Untrusted as exc:
+        ignored_env_files.append((str(path), exc.reason))
+        return None
+    except OSError as exc:
+        ignored_env_files.append((str(path), f"cannot be read ({exc.strerror})"))
+        return None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        ignored_env_files.append((str(path), "is not UTF-8 text"))
+        return None
+
+
+class _OwnDotEnv(DotEnvSettingsSource):
+    """pydantic-settings' .env source, reading only a .env that ``_safe_dotenv`` accepts."""
+
+    def _read_env_file(self, file_path: Path) -> Mapping[str, str | None]:
+        text = _safe_dotenv(file_path)
+        if text is None:
+            return {}
+        values = dotenv_values(stream=io.StringIO(text))
+        return parse_env_vars(values, self.case_sensitive, self.env_ignore_empty, self.env_parse_none_str)
+
+
 def _split_csv(value: object) -> object:
     if isinstance(value, str):
         return [item.strip() for item in value.split(",") if item.strip()]
@@ -86,9 +148,13 @@ class Settings(BaseSettings):
     keycloak_client_secret: SecretStr | None = Field(None, description="Static client secret (USE_DCR=false).")
     keycloak_client_secret_file: Path | None = Field(None, description="File holding KEYCLOAK_CLIENT_SECRET.")
 
-    # --- admin credentials: only the initial-token subcommand reads them ---
-    keycloak_admin_username: str | None = Field(None, description="Keycloak admin user (initial-token only).")
-    keycloak_admin_password: SecretStr | None = Field(None, description="Keycloak admin password (initial-token only).")
+    # --- admin credentials: initial-token, and the clean-up after a run killed while registering ---
+    keycloak_admin_username: str | None = Field(
+        None,
+        description="Keycloak admin user: for initial-token, and, if set, for finding and deleting a client "
+        "that a run killed during its registration left (see docs/SECURITY.md).",
+    )
+    keycloak_admin_password: SecretStr | None = Field(None, description="Keycloak admin password (with the user).")
     keycloak_admin_password_file: Path | None = Field(None, description="File holding KEYCLOAK_ADMIN_PASSWORD.")
 
     # --- where the server is ---
@@ -114,7 +180,7 @@ class Settings(BaseSettings):
     )
 
     # --- output ---
-    dcr_client_file: Path = Field(Path(".dcr_client.json"), description="Credentials file (JSON, mode 0600).")
+    dcr_client_file: Path = Field(Path(DEFAULT_CLIENT_FILE), description="Credentials file (JSON, mode 0600).")
     dcr_env_file: Path | None = Field(
         None,
         description="Also write KEYCLOAK_CLIENT_ID=/KEYCLOAK_CLIENT_SECRET= lines here (mode 0600; safe to source "
@@ -174,12 +240,29 @@ class Settings(BaseSettings):
     dcr_k8s_namespace: str | None = Field(
         None, description="Namespace of the Secret and Lease (default: the Pod's own namespace)."
     )
+    dcr_k8s_allow_http: bool = Field(
+        False,
+        description="Allow a plain-http Kubernetes API server that is not on loopback (the bearer token and the "
+        "Secret would cross the network unencrypted). Off: such a server is refused before any request.",
+    )
 
     # --- logs ---
     dcr_log_format: Literal["auto", "json", "console"] = Field(
         "auto", description="json, console, or auto (console on a terminal, JSON otherwise)."
     )
     dcr_log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        env_file = dotenv_settings.env_file if isinstance(dotenv_settings, DotEnvSettingsSource) else ".env"
+        return init_settings, env_settings, _OwnDotEnv(settings_cls, env_file=env_file), file_secret_settings
 
     _split = field_validator("dcr_grant_types", "dcr_redirect_uris", "dcr_contacts", mode="before")(_split_csv)
 
@@ -250,6 +333,9 @@ class Settings(BaseSettings):
         self.keycloak_admin_password = _from_file(
             self.keycloak_admin_password, self.keycloak_admin_password_file, "KEYCLOAK_ADMIN_PASSWORD"
         )
+        log.register_secrets(self.dcr_initial_access_token, self.keycloak_client_secret, self.keycloak_admin_password)
+        if self.keycloak_client_id:
+            log.register_basic(self.keycloak_client_id, self.keycloak_client_secret)
         for name, secret in (
             ("DCR_INITIAL_ACCESS_TOKEN", self.dcr_initial_access_token),
             ("KEYCLOAK_CLIENT_SECRET", self.keycloak_client_secret),
@@ -311,6 +397,19 @@ class Settings(BaseSettings):
     @property
     def client_name(self) -> str:
         return self.dcr_client_name.replace("{hostname}", hostname())
+
+    def keycloak_admin(self) -> tuple[str, str, str, str] | None:
+        """(KEYCLOAK_URL, realm, admin user, password) when all are set: enough to use Keycloak's admin API."""
+        if not (self.keycloak_url and self.keycloak_realm and self.keycloak_admin_username):
+            return None
+        if self.keycloak_admin_password is None:
+            return None
+        return (
+            self.keycloak_url,
+            self.keycloak_realm,
+            self.keycloak_admin_username,
+            (self.keycloak_admin_password.get_secret_value()),
+        )
 
     def check_server(self) -> Settings:
         """Enough to reach the server: an issuer, or KEYCLOAK_URL with KEYCLOAK_REALM."""

@@ -5,10 +5,13 @@ A valid file is never replaced by a partial one: we write a temp file in the sam
 the target and fsync the directory. A failed run leaves the old file byte-for-byte intact, and a
 file that another issuer or static mode wrote is kept as a timestamped backup, never destroyed.
 
-Beside the file live, all 0600 and all ours: ``.NAME.lock`` (held for the whole run; opened without
-following symlinks), ``.NAME.pending`` (a registration the server made but the run has not finished
-checking: the next run adopts it instead of leaving an orphan) and short-lived ``.NAME.<hex>.tmp``
-files, which a run killed between write and rename leaves and the next run sweeps away under the lock.
+Beside the file live, all 0600 and all ours: ``.NAME.lock`` (held for the whole run),
+``.NAME.intent`` (registrations asked for whose answer was not yet recorded: see ``flow``),
+``.NAME.pending`` (a registration the server made but the run has not finished checking: the next
+run adopts it instead of leaving an orphan) and short-lived ``.NAME.<hex>.tmp`` files, which a run
+killed between write and rename leaves and the next run sweeps away under the lock. The folder may
+be shared with others: every one of these is read and replaced only if it is a regular file of ours,
+never through a symbolic link (``_files``).
 """
 
 from __future__ import annotations
@@ -22,16 +25,16 @@ import os
 import random
 import re
 import secrets
-import stat
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
 from pydantic import ValidationError
 
+from ._files import Untrusted, check_own, problem, read_own
 from .errors import StorageError
 from .log import get_logger
-from .models import SavedRegistration
+from .models import Intent, SavedRegistration
 
 log = get_logger()
 
@@ -54,13 +57,33 @@ def pending_path(path: Path) -> Path:
     return path.with_name(f"{_dotted(path)}.pending")
 
 
-def load(path: Path) -> SavedRegistration | None:
+def intent_path(path: Path) -> Path:
+    return path.with_name(f"{_dotted(path)}.intent")
+
+
+def _not_ours(exc: Untrusted) -> StorageError:
+    return StorageError(
+        f"{exc.path} {exc.reason}; dcr-bootstrap reads and replaces only regular files of its own user in its "
+        "folder (another container sharing the volume may have put it there). Remove it and run again."
+    )
+
+
+def read(path: Path) -> bytes | None:
+    """A file of ours in the folder, or None if there is none; never read through a link."""
     try:
-        raw = path.read_bytes()
+        return read_own(path)
     except FileNotFoundError:
         return None
+    except Untrusted as exc:
+        raise _not_ours(exc) from None
     except OSError as exc:
         raise StorageError(f"Cannot read {path} ({exc.strerror}); check the volume and its permissions.") from None
+
+
+def load(path: Path) -> SavedRegistration | None:
+    raw = read(path)
+    if raw is None:
+        return None
     try:
         return SavedRegistration.model_validate(json.loads(raw))
     except (ValueError, ValidationError):
@@ -95,13 +118,16 @@ def write_private_many(files: Sequence[tuple[Path, bytes]]) -> None:
                 os.close(fd)
         for tmp, target in temps:
             current = target
+            check_own(target)  # never replace what another user (or a link) put at our name
             os.replace(tmp, target)
         for directory in {_directory(target) for _, target in temps}:
             _fsync_dir(directory)
-    except OSError as exc:
+    except (OSError, Untrusted) as exc:
         for tmp, _ in temps:
             with contextlib.suppress(OSError):
                 tmp.unlink()
+        if isinstance(exc, Untrusted):
+            raise _not_ours(exc) from None
         raise StorageError(
             f"Cannot write {current} ({exc.strerror}); make {_directory(current)} writable for this user "
             "(a named volume starts root-owned) and with free space, then run again."
@@ -146,6 +172,17 @@ def save_pending(path: Path, registration: SavedRegistration) -> None:
 def load_pending(path: Path) -> SavedRegistration | None:
     pending = pending_path(path)
     try:
+        read_own(pending)
+    except FileNotFoundError:
+        return None
+    except Untrusted as exc:
+        # Not ours (a link to /proc/self/environ, say): never read or copy it; the name is ours, free it.
+        log.warning("Removed a pending registration that is not ours", path=str(pending), reason=exc.reason)
+        remove(pending)
+        return None
+    except OSError:
+        pass  # load() below says what is wrong
+    try:
         return load(pending)
     except StorageError:
         kept = backup(pending)
@@ -158,14 +195,33 @@ def clear_pending(path: Path) -> None:
     remove(pending_path(path))
 
 
+def load_intents(path: Path) -> list[Intent]:
+    """Registrations asked for by runs that never recorded the answer (see ``flow``)."""
+    raw = read(intent_path(path))
+    if raw is None:
+        return []
+    try:
+        return [Intent.model_validate(item) for item in json.loads(raw)]
+    except (ValueError, TypeError, ValidationError):
+        log.warning("Unreadable registration intents ignored", path=str(intent_path(path)))
+        return []
+
+
+def save_intents(path: Path, intents: Sequence[Intent]) -> None:
+    if not intents:
+        remove(intent_path(path))
+        return
+    body = json.dumps([intent.model_dump() for intent in intents], indent=2) + "\n"
+    write_private(intent_path(path), body.encode())
+
+
 def backup(path: Path) -> Path:
     """Copy ``path`` to a timestamped 0600 file beside it, so that nothing we replace is lost."""
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
     target = path.with_name(f"{path.name}.{stamp}.bak")
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise StorageError(f"Cannot read {path} to back it up ({exc.strerror}); move it away by hand.") from None
+    data = read(path)
+    if data is None:
+        raise StorageError(f"Cannot back up {path}: it is gone; check what else writes to {_directory(path)}.")
     write_private(target, data)
     return target
 
@@ -240,8 +296,9 @@ async def locked(path: Path, remaining: Callable[[], float] | None = None) -> As
             f"make {lock_path.parent} writable for this user and run again."
         ) from None
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise StorageError(f"The lock file {lock_path} is not a regular file; remove it and run again.")
+        reason = problem(os.fstat(fd))
+        if reason is not None:
+            raise StorageError(f"The lock file {lock_path} {reason}; remove it and run again.")
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

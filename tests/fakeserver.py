@@ -2,7 +2,7 @@
 
 It records every request (method, path, Authorization header) for assertions instead of asserting
 in its handlers (an assert there would become a 500, which the tool retries until its deadline).
-Hostile behaviour is scripted: ``metadata`` and ``register_extra`` override what it says,
+Hostile behaviour is scripted: ``metadata``, ``register_extra`` and ``manage_extra`` override what it says,
 ``fail_next`` answers the next request to a path with a status, and the registration access
 token rotates on every RFC 7592 read.
 """
@@ -13,8 +13,9 @@ import asyncio
 import base64
 import json
 import secrets
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import threading
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,9 +59,11 @@ class FakeServer:
     seen: list[Seen] = field(default_factory=list)
     metadata_extra: dict[str, Any] = field(default_factory=dict)
     register_extra: dict[str, Any] = field(default_factory=dict)
+    manage_extra: dict[str, Any] = field(default_factory=dict)  # overrides in RFC 7592 read/update answers
     failures: dict[str, list[tuple[int, dict[str, str], bytes]]] = field(default_factory=dict)
     echo_authorization: bool = False
     slow: dict[str, float] = field(default_factory=dict)  # "METHOD /path" -> seconds the server takes
+    gates: dict[str, asyncio.Event] = field(default_factory=dict)  # "METHOD /path" -> handled once set
 
     def fail_next(self, path: str, status: int, *, headers: dict[str, str] | None = None, body: bytes = b"{}") -> None:
         self.failures.setdefault(path, []).append((status, headers or {}, body))
@@ -82,6 +85,9 @@ class FakeServer:
     @web.middleware
     async def _record(self, request: web.Request, handler: Any) -> web.StreamResponse:
         self.seen.append(Seen(request.method, request.path, request.headers.get("Authorization", "")))
+        gate = self.gates.get(f"{request.method} {request.path}")
+        if gate is not None:
+            await gate.wait()  # the test decides when the server goes on
         delay = self.slow.get(f"{request.method} {request.path}")
         if delay:
             await asyncio.sleep(delay)  # the server is slow, not the test
@@ -134,7 +140,7 @@ class FakeServer:
         cid = self._authorized(request)
         if cid is None:
             return web.json_response({"error": "invalid_token"}, status=401)
-        return web.json_response(self._issue(cid))
+        return web.json_response(self._issue(cid) | self.manage_extra)
 
     async def update(self, request: web.Request) -> web.Response:
         cid = self._authorized(request)
@@ -142,7 +148,7 @@ class FakeServer:
             return web.json_response({"error": "invalid_token"}, status=401)
         body = await request.json()
         self.clients[cid] = body | {"client_secret": self.clients[cid]["client_secret"]}
-        return web.json_response(self._issue(cid))
+        return web.json_response(self._issue(cid) | self.manage_extra)
 
     async def delete(self, request: web.Request) -> web.Response:
         cid = self._authorized(request)
@@ -175,3 +181,25 @@ async def serving(fake: FakeServer) -> AsyncIterator[FakeServer]:
         yield fake
     finally:
         await runner.cleanup()
+
+
+@contextmanager
+def serving_in_thread(fake: FakeServer) -> Iterator[FakeServer]:
+    """``serving`` on a loop of its own, for a test whose main thread runs the CLI (signals need it)."""
+    loop = asyncio.new_event_loop()
+    up, stop = threading.Event(), asyncio.Event()
+
+    async def serve() -> None:
+        async with serving(fake):
+            up.set()
+            await stop.wait()
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(serve(),), daemon=True)
+    thread.start()
+    up.wait(10)
+    try:
+        yield fake
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(10)
+        loop.close()

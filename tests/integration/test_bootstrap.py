@@ -13,8 +13,10 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from harness.keycloak import Admin, AdminError, KeycloakServer, client_credentials_token
-from tests.conftest import Result, run_cli
+from bootstrap import store
+from bootstrap.models import Intent
+from harness.keycloak import ADMIN_USER, Admin, AdminError, KeycloakServer, client_credentials_token
+from tests.conftest import Result, base_env, run_cli
 
 SEED_KEYS = {"client_id", "client_secret", "registration_access_token", "registration_client_uri", "registered_at"}
 
@@ -373,3 +375,39 @@ def test_a_lost_put_answer_keeps_exactly_one_client(
     assert any("management of the saved client is lost" in str(line["event"]) for line in result.lines)
     assert admin.count_clients(realm) == before
     assert saved(creds_file)["client_id"] == state["client_id"]
+
+
+def test_a_client_an_interrupted_run_left_is_deleted_with_admin_credentials(
+    keycloak: KeycloakServer, admin: Admin, realm: str, tmp_path: Path
+) -> None:
+    """An intent without an answer plus admin credentials: the next run deletes the client it named."""
+    token = admin.mint_initial_access_token(realm, count=2)
+    env = base_env(tmp_path) | {
+        "KEYCLOAK_URL": keycloak.url,
+        "KEYCLOAK_REALM": realm,
+        "DCR_INITIAL_ACCESS_TOKEN": token,
+        "KEYCLOAK_ADMIN_USERNAME": ADMIN_USER,
+        "KEYCLOAK_ADMIN_PASSWORD": keycloak.admin_password,
+    }
+    creds = Path(env["DCR_CLIENT_FILE"])
+    creds.parent.mkdir(parents=True)
+    issuer = f"{keycloak.url}/realms/{realm}"
+    intent = Intent(nonce="0123456789ab", issuer=issuer, client_name="mcp", started_at="2026-12-03T00:00:00+00:00")
+    store.save_intents(creds, [intent])
+    orphan = _register_named(issuer, token, "mcp (dcr 0123456789ab)")  # as the killed run's POST did
+    result = run_cli(env)
+    assert result.code == 0, result.last
+    ids = {c["clientId"] for c in admin.clients(realm)}
+    assert orphan not in ids and json.loads(creds.read_text())["client_id"] in ids
+    assert store.load_intents(creds) == []
+    result.assert_clean(keycloak.admin_password, token)
+
+
+def _register_named(issuer: str, token: str, name: str) -> str:
+    request = urllib.request.Request(
+        f"{issuer}/clients-registrations/openid-connect",
+        data=json.dumps({"client_name": name, "grant_types": ["client_credentials"]}).encode(),
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as resp:
+        return str(json.loads(resp.read())["client_id"])
