@@ -20,6 +20,25 @@ from harness.keycloak import Admin, KeycloakServer
 from harness.process import HarnessError, group_alive
 
 ROOT = Path(__file__).resolve().parent.parent
+CONTAINERS = ROOT / "tests" / "containers"
+
+
+def _real(item: pytest.Item, name: str) -> bool:
+    """Does the test use the real-server fixture ``name`` (defined in tests/conftest.py or tests/kube/)?"""
+    definitions = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {}).get(name, ())
+    return any(str(d.baseid) in ("tests", "tests/kube") for d in definitions)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Markers by cost, from what a test uses: `pytest -m "not docker and not kube"` is the fast loop."""
+    for item in items:
+        costs = [name for name in ("keycloak", "kube") if _real(item, name)]
+        if CONTAINERS in Path(str(item.fspath)).parents:
+            costs.append("docker")
+        for cost in costs:
+            item.add_marker(cost)
+        if costs:
+            item.add_marker("integration")
 
 
 @pytest.fixture(scope="session")
