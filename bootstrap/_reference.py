@@ -12,7 +12,7 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-from .errors import EXIT_CODE_MEANINGS
+from .errors import ExitCode
 from .settings import Settings
 
 
@@ -32,7 +32,7 @@ def config_table() -> str:
 
 def exit_code_table() -> str:
     rows = ["| Code | Meaning |", "| --- | --- |"]
-    rows += [f"| {int(code)} | {meaning} |" for code, meaning in EXIT_CODE_MEANINGS.items()]
+    rows += [f"| {int(code)} | {code.meaning} |" for code in ExitCode]
     return "\n".join(rows)
 
 

@@ -43,7 +43,7 @@ async def _watch(settings: Settings, args: argparse.Namespace) -> None:
                 await _run(settings, args)
             except BootstrapError as exc:
                 # A sidecar that exits is restarted anyway; keep the last good file and try again later.
-                logger.error(str(exc), exit_code=int(exc.exit_code), error_type=type(exc).__name__)
+                logger.error(exc.line(), exit_code=int(exc.exit_code), error_type=type(exc).__name__)
             await asyncio.sleep(settings.dcr_watch_interval)
     except asyncio.CancelledError:
         logger.info("Stopping watch")
@@ -165,7 +165,7 @@ def execute(command: str, args: argparse.Namespace) -> int:
     except BootstrapError as exc:
         if settings is None:
             _warn_ignored()  # the reason a setting is missing may be the .env we would not read
-        message = str(exc)
+        message = exc.line()
         if hint := keycloak.hint_for(exc, settings.keycloak_url if settings else None):
             message = f"{message} Keycloak: {hint}"
         logger.error(message, exit_code=int(exc.exit_code), error_type=type(exc).__name__)

@@ -7,7 +7,7 @@ from urllib.parse import urlsplit
 from pydantic import ValidationError
 
 from ._http import Response, Transport
-from .errors import DiscoveryError, MalformedResponse, Unavailable
+from .errors import NO_METADATA, DiscoveryError, MalformedResponse, Unavailable
 from .models import ServerMetadata
 
 
@@ -71,7 +71,7 @@ async def fetch_metadata(transport: Transport, issuer: str) -> ServerMetadata:
                 "check the server URL and that discovery is not behind authentication."
             )
         return parse_metadata(resp)
-    raise Unavailable(f"no metadata yet at {transport.wire_url(urls[0])} (HTTP 404)", status=404)
+    raise Unavailable(f"no metadata yet at {transport.wire_url(urls[0])} (HTTP 404)", status=404, reason=NO_METADATA)
 
 
 async def discover(transport: Transport, issuer: str) -> ServerMetadata:

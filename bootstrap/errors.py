@@ -1,29 +1,32 @@
 """The exception tree. Every error the tool raises on purpose is a ``BootstrapError``.
 
-Each leaf carries one exit code (see ``ExitCode``) and a message that says what went wrong
-*and* what to do; the CLI prints ``str(exc)`` as the last log line. Messages never contain
-secret values: only names of settings, HTTP status codes and the server's own
-``error``/``error_description`` (escaped and capped: a hostile server writes them).
+Each branch carries one exit code (``exit_code``, an ``ExitCode``: the codes and their meanings are
+defined there and nowhere else; the README table is rendered from it) and a message that says what
+went wrong *and* what to do; the CLI prints ``str(exc)`` and its notes (``add_note``: what happened
+to a client we created, say) as the last log line. ``reason``, where set, names the condition for
+code (``keycloak.hint_for``), so nothing matches our own message text. Messages never contain secret
+values: only names of settings, HTTP status codes and the server's own ``error``/``error_description``
+(masked, escaped and capped: a hostile server writes them).
 
     BootstrapError
-    ├── ConfigError ........................ 2  settings missing, contradictory or unreadable
-    ├── ServerNotReady ..................... 3  server unreachable until the deadline
+    ├── ConfigError ........................ CONFIG            settings missing, contradictory or unreadable
+    ├── ServerNotReady ..................... NOT_READY         server unreachable until the deadline
     │   (Unavailable ....................... -  one failed attempt; retried, never escapes wait.py)
-    ├── ServerResponseError ................ 7  the server answered something unusable or untrusted
+    ├── ServerResponseError ................ SERVER_RESPONSE   unusable or untrusted answer
     │   ├── DiscoveryError                      no metadata, issuer mismatch, no registration_endpoint
     │   └── MalformedResponse                   not JSON, too large, missing or unsafe fields
     │       └── UnsafeValue                     a credential with control characters: never saved
-    ├── OAuthError ......................... -  an RFC 6749/6750/7591 error response
-    │   ├── RegistrationRejected ........... 4  RFC 7591 / 7592 request refused
+    ├── OAuthError ......................... -  an RFC 6749/6750/7591 error response (``error``)
+    │   ├── RegistrationRejected ........... REGISTRATION_REJECTED  RFC 7591 / 7592 request refused
     │   │   ├── InvalidToken                    initial/registration access token bad, expired, used up
     │   │   ├── InsufficientScope               refused by a server policy (Keycloak: client
     │   │   │                                   registration policies such as Trusted Hosts)
     │   │   ├── InvalidClientMetadata
     │   │   ├── ClientGone                      RFC 7592 401/404: no such registration (or token)
     │   │   └── NotAllowed                      RFC 7592 403: the server forbids managing it
-    │   ├── CredentialsRejected ............ 5  the token endpoint refused the client's credentials
-    │   └── AdminRejected .................. 8  Keycloak's admin API refused (initial-token)
-    └── StorageError ....................... 6  credentials file cannot be read, locked or written
+    │   ├── CredentialsRejected ............ CREDENTIALS_REJECTED   the token endpoint refused them
+    │   └── AdminRejected .................. ADMIN_REJECTED    Keycloak's admin API refused
+    └── StorageError ....................... STORAGE           a file or the Secret: read, lock, write
 
 Lower-layer errors (aiohttp, OSError, pydantic) are translated into this tree at one
 boundary each (``_http.py``, ``store.py``, ``settings.py``) with ``raise ... from``.
@@ -41,36 +44,51 @@ DESCRIPTION_LIMIT = 300
 
 
 class ExitCode(IntEnum):
-    """Documented process exit codes; the README table is generated from this."""
+    """Documented process exit codes, each with its meaning: the one definition (README table included)."""
 
-    OK = 0
-    INTERNAL = 1
-    CONFIG = 2
-    NOT_READY = 3
-    REGISTRATION_REJECTED = 4
-    CREDENTIALS_REJECTED = 5
-    STORAGE = 6
-    SERVER_RESPONSE = 7
-    ADMIN_REJECTED = 8
-    INTERRUPTED = 130
+    meaning: str
+
+    def __new__(cls, value: int, meaning: str) -> ExitCode:
+        member = int.__new__(cls, value)
+        member._value_ = value
+        member.meaning = meaning
+        return member
+
+    OK = 0, "credentials written (or the requested subcommand succeeded)"
+    INTERNAL = 1, "unexpected internal error (a bug: please report it with the log); a client it created is deleted"
+    CONFIG = 2, "configuration error: a setting is missing, contradictory, unsafe or unreadable"
+    NOT_READY = (
+        3,
+        ("the authorization server was not ready before DCR_WAIT_TIMEOUT (or asked us to retry later than that)"),
+    )
+    REGISTRATION_REJECTED = (
+        4,
+        (
+            "registration rejected: bad, expired or used-up initial access token, policy rejection, invalid client "
+            "metadata, RFC 7592 management forbidden (403), or the saved client is gone (DCR_ON_MISSING_CLIENT=fail)"
+        ),
+    )
+    CREDENTIALS_REJECTED = 5, "the token endpoint rejected the client credentials (static, saved or new)"
+    STORAGE = (
+        6,
+        (
+            "the credentials file (or the Kubernetes Secret) could not be read, locked or written, is not ours, or "
+            "there is none (show, env, delete)"
+        ),
+    )
+    SERVER_RESPONSE = (
+        7,
+        (
+            "the server's metadata or response is unusable or untrusted (issuer mismatch, no registration_endpoint, "
+            "an endpoint outside the issuer's origin, malformed JSON, control characters in a credential)"
+        ),
+    )
+    ADMIN_REJECTED = 8, "Keycloak's admin API refused the admin credentials or the request (initial-token)"
+    INTERRUPTED = 130, "interrupted by a signal; nothing half-written was left behind"
 
 
-EXIT_CODE_MEANINGS: dict[ExitCode, str] = {
-    ExitCode.OK: "credentials written (or the requested subcommand succeeded)",
-    ExitCode.INTERNAL: "unexpected internal error (a bug: please report it with the log)",
-    ExitCode.CONFIG: "configuration error: a setting is missing, contradictory, unsafe or unreadable",
-    ExitCode.NOT_READY: "the authorization server was not ready before DCR_WAIT_TIMEOUT (or asked us to "
-    "retry later than that)",
-    ExitCode.REGISTRATION_REJECTED: "registration rejected: bad, expired or used-up initial access token, "
-    "policy rejection, invalid client metadata, RFC 7592 management forbidden (403), or the saved client is "
-    "gone (DCR_ON_MISSING_CLIENT=fail)",
-    ExitCode.CREDENTIALS_REJECTED: "the token endpoint rejected the client credentials (static, saved or new)",
-    ExitCode.STORAGE: "the credentials file could not be read, locked or written, or there is none (show, env, delete)",
-    ExitCode.SERVER_RESPONSE: "the server's metadata or response is unusable or untrusted "
-    "(issuer mismatch, no registration_endpoint, an endpoint outside the issuer's origin, malformed JSON)",
-    ExitCode.ADMIN_REJECTED: "Keycloak's admin API refused the admin credentials or the request (initial-token)",
-    ExitCode.INTERRUPTED: "interrupted by a signal; nothing half-written was left behind",
-}
+# Conditions that code (not people) tells apart: BootstrapError.reason / Unavailable.reason.
+NO_METADATA = "no-metadata"  # the metadata URL answers 404: for Keycloak, the realm does not exist (yet)
 
 
 def printable(text: str, limit: int = DESCRIPTION_LIMIT) -> str:
@@ -83,10 +101,14 @@ class BootstrapError(Exception):
     """Base of every error the tool raises on purpose."""
 
     exit_code: ClassVar[ExitCode] = ExitCode.INTERNAL
+    reason: str | None = None
 
-    def add_context(self, text: str) -> None:
-        """Append a sentence to the message (what happened to a client we created, for example)."""
-        self.args = (f"{self.args[0]} {text}", *self.args[1:]) if self.args else (text,)
+    def add_context(self, text: str) -> None:  # the old spelling, until every caller says add_note
+        self.add_note(text)
+
+    def line(self) -> str:
+        """The message and its notes: the CLI's last log line."""
+        return " ".join([str(self), *getattr(self, "__notes__", ())])
 
 
 class ConfigError(BootstrapError):
@@ -100,6 +122,10 @@ class StorageError(BootstrapError):
 class ServerNotReady(BootstrapError):
     exit_code = ExitCode.NOT_READY
 
+    def __init__(self, message: str, *, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+
 
 class Unavailable(Exception):
     """One attempt failed in a way that may heal: connection error, timeout, 5xx, 429, 404 while waiting.
@@ -112,14 +138,16 @@ class Unavailable(Exception):
 
     def __init__(
         self,
-        reason: str,
+        detail: str,
         *,
         status: int | None = None,
         retry_after: float | None = None,
         connect: bool = False,
         out_of_time: bool = False,
+        reason: str | None = None,
     ) -> None:
-        super().__init__(reason)
+        super().__init__(detail)
+        self.detail = detail
         self.reason = reason
         self.status = status
         self.retry_after = retry_after
@@ -146,13 +174,11 @@ class UnsafeValue(MalformedResponse):
 class OAuthError(BootstrapError):
     """An error response in the RFC 6749 §5.2 shape: ``error`` and ``error_description``."""
 
-    error: ClassVar[str] = ""
-
     def __init__(self, *, status: int, error: str | None, description: str | None, what: str, hint: str) -> None:
         self.status = status
-        self.error_code = printable(error, 80) if error else "(none)"
+        self.error = printable(error, 80) if error else "(none)"
         self.description = printable(description) if description else None
-        detail = self.error_code + (f": {self.description}" if self.description else "")
+        detail = self.error + (f": {self.description}" if self.description else "")
         super().__init__(f"{what} (HTTP {status}, {detail}). {hint}")
 
 
@@ -161,15 +187,15 @@ class RegistrationRejected(OAuthError):
 
 
 class InvalidToken(RegistrationRejected):
-    error = "invalid_token"
+    pass
 
 
 class InsufficientScope(RegistrationRejected):
-    error = "insufficient_scope"
+    pass
 
 
 class InvalidClientMetadata(RegistrationRejected):
-    error = "invalid_client_metadata"
+    pass
 
 
 class ClientGone(RegistrationRejected):
@@ -186,13 +212,16 @@ class CredentialsRejected(OAuthError):
     @property
     def bad_credentials(self) -> bool:
         """The client failed to authenticate (RFC 6749 §5.2; Keycloak answers 401 unauthorized_client)."""
-        return self.status == 401 or self.error_code == "invalid_client"
+        return self.status == 401 or self.error == "invalid_client"
 
 
 class AdminRejected(OAuthError):
     exit_code = ExitCode.ADMIN_REJECTED
 
 
+# The RFC 7591 §3.2.2 / RFC 6750 §3.1 error codes that have a class of their own.
 REGISTRATION_ERRORS: dict[str, type[RegistrationRejected]] = {
-    cls.error: cls for cls in (InvalidToken, InsufficientScope, InvalidClientMetadata)
+    "invalid_token": InvalidToken,
+    "insufficient_scope": InsufficientScope,
+    "invalid_client_metadata": InvalidClientMetadata,
 }

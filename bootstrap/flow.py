@@ -229,7 +229,7 @@ async def _register(ctx: _Run, endpoint: str) -> Outcome:
         _forget(ctx, intent)  # refused, or never processed: the server created nothing
         if isinstance(exc, RegistrationRejected):
             # The seed's event, kept for log-based alerts; the CLI's last line carries the remedy.
-            logger.error("Failed to register client", status=exc.status, error=exc.error_code)
+            logger.error("Failed to register client", status=exc.status, error=exc.error)
         raise
     # From the server's answer on, any failure (of whatever type) deletes the client again.
     async with _delete_on_failure(ctx, info):
@@ -367,12 +367,10 @@ async def undo_on_failure(undo: Callable[[], Awaitable[str]], client_id: str) ->
             note = await undo()
         except Exception as failed:
             note = f"Client {client_id} was created on the server and could not be deleted ({type(failed).__name__})."
-        if isinstance(exc, BootstrapError):
-            exc.add_context(note)
-        elif isinstance(exc, asyncio.CancelledError):
+        if isinstance(exc, asyncio.CancelledError):
             logger.warning(note, client_id=client_id)
         else:
-            exc.add_note(note)  # the CLI's one line for an unexpected error carries it
+            exc.add_note(note)  # the CLI's last line carries it, whatever the error
         raise
 
 
@@ -517,7 +515,7 @@ async def _keep_if_working(ctx: _Run, saved: SavedRegistration, lost: ClientGone
     if ctx.settings.dcr_on_missing_client == "fail":
         raise ClientGone(
             status=lost.status if lost else 401,
-            error=lost.error_code if lost else None,
+            error=lost.error if lost else None,
             description=lost.description if lost else None,
             what=f"The saved client {saved.client_id} is gone: the server rejects its credentials",
             hint="DCR_ON_MISSING_CLIENT=fail forbids registering a new one: unset it (the default is register) "

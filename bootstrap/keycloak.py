@@ -12,7 +12,7 @@ import json
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
-from .errors import AdminRejected, BootstrapError, OAuthError, ServerNotReady
+from .errors import NO_METADATA, AdminRejected, BootstrapError, OAuthError
 
 if TYPE_CHECKING:  # types only: this module must stay importable without aiohttp
     from ._http import Response, Transport
@@ -58,7 +58,7 @@ def hint_for(exc: BootstrapError, keycloak_url: str | None) -> str | None:
         for needle, hint in _HINTS:
             if needle in exc.description:
                 return hint
-    if isinstance(exc, ServerNotReady) and keycloak_url and "no metadata yet" in str(exc):
+    if exc.reason == NO_METADATA and keycloak_url:
         return "Keycloak answers, but the realm does not exist (yet): create or import it, or check KEYCLOAK_REALM."
     return None
 

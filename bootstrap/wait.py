@@ -108,12 +108,14 @@ class RetryPolicy:
             exc = real[0] if real else last
             if exc.retry_after is not None and exc.retry_after >= self.deadline.remaining():
                 raise ServerNotReady(
-                    f"The server asked to retry {what} after {exc.retry_after:g}s ({exc.reason}), beyond the "
+                    f"The server asked to retry {what} after {exc.retry_after:g}s ({exc.detail}), beyond the "
                     f"{self.deadline.remaining():.1f}s left of DCR_WAIT_TIMEOUT={self.deadline.total:g}; stopped "
-                    "now instead of waiting in vain. Run again later, or raise DCR_WAIT_TIMEOUT."
+                    "now instead of waiting in vain. Run again later, or raise DCR_WAIT_TIMEOUT.",
+                    reason=exc.reason,
                 ) from exc
             raise ServerNotReady(
-                f"Server not ready after {self.deadline.total:g}s ({what}): {exc.reason}. {self.hint}"
+                f"Server not ready after {self.deadline.total:g}s ({what}): {exc.detail}. {self.hint}",
+                reason=exc.reason,
             ) from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -124,7 +126,7 @@ class RetryPolicy:
                 "Server not ready, retrying",
                 step=what,
                 attempt=state.attempt_number,
-                reason=getattr(exc, "reason", str(exc)),
+                reason=getattr(exc, "detail", str(exc)),
                 next_delay=round(state.upcoming_sleep, 2),
             )
 
