@@ -101,19 +101,12 @@ async def _initial_token(settings: Settings, args: argparse.Namespace) -> None:
         )
     if args.output is not None:
         store.probe_writable(args.output)
-    password = settings.keycloak_admin_password.get_secret_value()
-    log.register_secrets(password)
+    access = settings.keycloak_admin()
+    assert access is not None  # every part was checked above
     deadline = Deadline(settings.dcr_wait_timeout)
     async with flow.transport_for(settings, deadline) as transport:
         token = await keycloak.initial_access_token(
-            transport,
-            flow.policy_for(settings, deadline),
-            settings.keycloak_url,
-            settings.keycloak_realm,
-            settings.keycloak_admin_username,
-            password,
-            count=args.count,
-            expiration=args.expiration,
+            transport, flow.policy_for(settings, deadline), access, count=args.count, expiration=args.expiration
         )
     log.register_secrets(token)
     if args.output:

@@ -282,7 +282,7 @@ async def resolve_intents(ctx: _Run, in_use: set[str]) -> None:
         return
     try:
         removed = await keycloak.delete_clients_named(
-            ctx.transport, ctx.policy, *admin, names={named(i.client_name, i.nonce) for i in mine}, keep=in_use
+            ctx.transport, ctx.policy, admin, names={named(i.client_name, i.nonce) for i in mine}, keep=in_use
         )
     except BootstrapError as exc:  # a cleanup of an earlier run's leftovers never fails this one
         logger.warning("Could not look for clients an interrupted run left", error=str(exc))

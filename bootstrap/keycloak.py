@@ -9,6 +9,7 @@ and the flow asks ``delete_clients_named`` to remove what a run killed during it
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
@@ -116,25 +117,27 @@ async def mint_initial_access_token(
     return str(resp.json()["token"])
 
 
+@dataclass(frozen=True)
+class AdminAccess:
+    """What the admin API needs: KEYCLOAK_URL, the realm, and a master-realm admin's user and password."""
+
+    base_url: str
+    realm: str
+    username: str
+    password: str = field(repr=False)
+
+
 async def initial_access_token(
-    transport: Transport,
-    policy: RetryPolicy,
-    base_url: str,
-    realm: str,
-    username: str,
-    password: str,
-    *,
-    count: int,
-    expiration: int,
+    transport: Transport, policy: RetryPolicy, access: AdminAccess, *, count: int, expiration: int
 ) -> str:
     """Wait for Keycloak within the policy's deadline, log in as admin, mint a token."""
-    admin = await policy.call("admin login", admin_token, transport, base_url, username, password)
+    admin = await policy.call("admin login", admin_token, transport, access.base_url, access.username, access.password)
     return await policy.call(
         "initial access token",
         mint_initial_access_token,
         transport,
-        base_url,
-        realm,
+        access.base_url,
+        access.realm,
         admin,
         count=count,
         expiration=expiration,
@@ -176,18 +179,11 @@ _MANAGE_HINT = "Give the admin user the realm-management role manage-clients, or
 
 
 async def delete_clients_named(
-    transport: Transport,
-    policy: RetryPolicy,
-    base_url: str,
-    realm: str,
-    username: str,
-    password: str,
-    *,
-    names: set[str],
-    keep: set[str],
+    transport: Transport, policy: RetryPolicy, access: AdminAccess, *, names: set[str], keep: set[str]
 ) -> list[str]:
     """Delete the clients named one of ``names`` (except the client ids in ``keep``); their client ids."""
-    admin = await policy.call("admin login", admin_token, transport, base_url, username, password)
+    base_url, realm = access.base_url, access.realm
+    admin = await policy.call("admin login", admin_token, transport, base_url, access.username, access.password)
     found: list[tuple[str, str]] = []
     first = 0
     while True:

@@ -65,28 +65,30 @@ def update_body(current: ClientInformation, metadata: ClientMetadata) -> dict[st
     return body
 
 
+# RFC 7592 §2: 401 (or 404) means no such client or token; 403 means "not allowed", never "gone".
+_MANAGEMENT_ERRORS: dict[int, tuple[type[RegistrationRejected], str]] = {
+    status: (
+        ClientGone,
+        "The saved client no longer exists on the server, or its registration access token is no longer valid.",
+    )
+    for status in (401, 404)
+} | {
+    403: (
+        NotAllowed,
+        "The server does not allow this client to be managed by RFC 7592 (a policy, not a missing client), so "
+        "nothing was registered anew. Ask the server's administrator to allow it.",
+    )
+}
+
+
 def management_error(resp: Response, what: str) -> RegistrationRejected:
-    """RFC 7592 §2: 401 (or 404) means no such client or token; 403 means "not allowed", never "gone"."""
+    """The RFC 7592 error an answer means (``_MANAGEMENT_ERRORS``), else an RFC 7591 rejection."""
+    known = _MANAGEMENT_ERRORS.get(resp.status)
+    if known is None:
+        return rejection(resp, what)
+    cls, hint = known
     error, description = resp.error_fields()
-    if resp.status in (401, 404):
-        return ClientGone(
-            status=resp.status,
-            error=error,
-            description=description,
-            what=what,
-            hint="The saved client no longer exists on the server, or its registration access token is no "
-            "longer valid.",
-        )
-    if resp.status == 403:
-        return NotAllowed(
-            status=resp.status,
-            error=error,
-            description=description,
-            what=what,
-            hint="The server does not allow this client to be managed by RFC 7592 (a policy, not a missing "
-            "client), so nothing was registered anew. Ask the server's administrator to allow it.",
-        )
-    return rejection(resp, what)
+    return cls(status=resp.status, error=error, description=description, what=what, hint=hint)
 
 
 async def register(

@@ -398,17 +398,13 @@ class Settings(BaseSettings):
     def client_name(self) -> str:
         return self.dcr_client_name.replace("{hostname}", hostname())
 
-    def keycloak_admin(self) -> tuple[str, str, str, str] | None:
-        """(KEYCLOAK_URL, realm, admin user, password) when all are set: enough to use Keycloak's admin API."""
-        if not (self.keycloak_url and self.keycloak_realm and self.keycloak_admin_username):
+    def keycloak_admin(self) -> keycloak.AdminAccess | None:
+        """Access to Keycloak's admin API when KEYCLOAK_URL, the realm and the admin's user and password are set."""
+        password = self.keycloak_admin_password
+        if not (self.keycloak_url and self.keycloak_realm and self.keycloak_admin_username and password):
             return None
-        if self.keycloak_admin_password is None:
-            return None
-        return (
-            self.keycloak_url,
-            self.keycloak_realm,
-            self.keycloak_admin_username,
-            (self.keycloak_admin_password.get_secret_value()),
+        return keycloak.AdminAccess(
+            self.keycloak_url, self.keycloak_realm, self.keycloak_admin_username, password.get_secret_value()
         )
 
     def check_server(self) -> Settings:
