@@ -103,9 +103,6 @@ class BootstrapError(Exception):
     exit_code: ClassVar[ExitCode] = ExitCode.INTERNAL
     reason: str | None = None
 
-    def add_context(self, text: str) -> None:  # the old spelling, until every caller says add_note
-        self.add_note(text)
-
     def line(self) -> str:
         """The message and its notes: the CLI's last log line."""
         return " ".join([str(self), *getattr(self, "__notes__", ())])

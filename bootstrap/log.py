@@ -38,7 +38,6 @@ VALUE_LIMIT = 2000
 
 
 register_secrets = _secrets.register
-register_secret = _secrets.register  # the one-value spelling; same function
 register_basic = _secrets.register_basic
 
 

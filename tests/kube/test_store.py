@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime
+import json
 import uuid
 from pathlib import Path
 
@@ -103,6 +105,60 @@ async def test_expired_lease_is_taken_over(kube: KubeServer, admin_kubeconfig: P
         await store.acquire("pod-b", timeout=2)
     lease = kube.request("GET", f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases/dcr-lock")
     assert lease["spec"]["holderIdentity"] == "pod-b"
+
+
+async def test_a_write_keeps_what_others_put_on_the_secret(
+    kube: KubeServer, admin_kubeconfig: Path, namespace: str
+) -> None:
+    """Other data keys, labels, annotations, ownerReferences and finalizers survive our write."""
+    path = f"/api/v1/namespaces/{namespace}/secrets/dcr"
+    owner = kube.request("POST", f"/api/v1/namespaces/{namespace}/configmaps", {"metadata": {"name": "owner"}})
+    theirs = {
+        "labels": {"app": "shop"},
+        "annotations": {"example.com/note": "keep"},
+        "ownerReferences": [
+            {"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": owner["metadata"]["uid"]}
+        ],
+        "finalizers": ["example.com/keep"],
+    }
+    other = base64.b64encode(b"theirs").decode()
+    kube.request(
+        "POST",
+        f"/api/v1/namespaces/{namespace}/secrets",
+        {"metadata": {"name": "dcr"} | theirs, "data": {"other": other}},
+    )
+    try:
+        async with _store(admin_kubeconfig, namespace) as store:
+            _, rv = await store.load()
+            await store.save(REGISTRATION, rv)
+            assert (await store.load())[0] == REGISTRATION
+        secret = kube.request("GET", path)
+        assert secret["data"]["other"] == other
+        metadata = secret["metadata"]
+        assert metadata["labels"] == {"app": "shop", "app.kubernetes.io/managed-by": "dcr-bootstrap"}
+        for key in ("annotations", "ownerReferences", "finalizers"):
+            assert metadata[key] == theirs[key], key
+    finally:  # let the namespace go
+        secret = kube.request("GET", path)
+        secret["metadata"]["finalizers"] = []
+        kube.request("PUT", path, secret)
+
+
+async def test_a_kubeconfig_with_a_relative_certificate_authority_path_works(
+    kube: KubeServer, namespace: str, tmp_path: Path
+) -> None:
+    """certificate-authority relative to the kubeconfig's folder (as kubectl reads it), from another cwd."""
+    folder = tmp_path / "conf"
+    folder.mkdir()
+    (folder / "ca.crt").write_bytes(kube.ca_file.read_bytes())
+    config = json.loads(kube.kubeconfig(folder / "admin.kubeconfig", namespace=namespace).read_text())
+    cluster = config["clusters"][0]["cluster"]
+    del cluster["certificate-authority-data"]
+    cluster["certificate-authority"] = "ca.crt"
+    (folder / "admin.kubeconfig").write_text(json.dumps(config))
+    assert not (Path.cwd() / "ca.crt").exists()
+    async with _store(folder / "admin.kubeconfig", namespace) as store:
+        assert await store.load() == (None, None)
 
 
 def _account_store(kube: KubeServer, namespace: str, tmp_path: Path, secret: str, lease: str | None) -> KubeStore:

@@ -172,7 +172,7 @@ def test_split_horizon_rewrites_only_public_urls() -> None:
 
 def test_redaction_masks_sensitive_keys_and_known_secret_values() -> None:
     """Sensitive keys are masked, and a registered secret is masked inside any string."""
-    log.register_secret("very-secret-value")
+    log.register_secrets("very-secret-value")
     event = log.redact(None, "info", {"client_secret": "x", "event": "got very-secret-value back", "n": 1})
     assert event == {"client_secret": log.MASK, "event": f"got {log.MASK} back", "n": 1}
 
