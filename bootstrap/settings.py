@@ -25,7 +25,7 @@ from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import BeforeValidator, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     DotEnvSettingsSource,
@@ -42,6 +42,23 @@ from .models import is_vschar
 from .urls import origin
 
 CsvList = Annotated[list[str], NoDecode]
+
+_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*", re.IGNORECASE)
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(value: object) -> object:
+    """Plain seconds or a number with a unit: ``90``, ``90s``, ``1.5m``, ``15m``, ``2h``, ``29d``, ``500ms``."""
+    if not isinstance(value, str):
+        return value
+    match = _DURATION.fullmatch(value)
+    if match is None:
+        raise ValueError("must be a duration: seconds (90) or a number with a unit ms, s, m, h or d (15m, 29d)")
+    return float(match.group(1)) * _UNIT_SECONDS[(match.group(2) or "s").lower()]
+
+
+# Every duration setting: seconds as a float in the code, plain seconds or a unit in the environment.
+Duration = Annotated[float, BeforeValidator(parse_duration)]
 
 # Grant types of RFC 6749, 7522, 7523, 8628, 8693 and OpenID CIBA: anything else is a typo.
 KNOWN_GRANT_TYPES = frozenset(
@@ -61,7 +78,7 @@ KNOWN_GRANT_TYPES = frozenset(
 # Keycloak stores client names in a 255-character column and answers 500 beyond it; stay well inside.
 MAX_CLIENT_NAME = 200
 # A DNS-1123 subdomain, what the API server accepts for Secret, Lease and namespace names.
-_K8S_NAME = re.compile(r"(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+K8S_NAME = re.compile(r"(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 
 
 def _check_url(value: str, *, path_allowed: bool = True) -> str:
@@ -204,23 +221,31 @@ class Settings(BaseSettings):
     )
 
     # --- waiting and retries ---
-    dcr_wait_timeout: float = Field(
-        120.0, gt=0, allow_inf_nan=False, description="Total seconds for the whole run (waiting included)."
+    dcr_wait_timeout: Duration = Field(
+        120.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="Time for the whole run, waiting included (a duration: 120, 120s, 2m).",
     )
-    dcr_attempt_timeout: float = Field(
+    dcr_attempt_timeout: Duration = Field(
         10.0,
         gt=0,
         allow_inf_nan=False,
-        description="Seconds for one HTTP attempt (never past DCR_WAIT_TIMEOUT). A registration POST or update "
+        description="Time for one HTTP attempt (never past DCR_WAIT_TIMEOUT). A registration POST or update "
         "PUT, which must not be repeated, waits for its answer until DCR_WAIT_TIMEOUT instead.",
     )
-    dcr_retry_initial_delay: float = Field(
-        0.5, ge=0, allow_inf_nan=False, description="First backoff delay in seconds."
+    dcr_retry_initial_delay: Duration = Field(
+        0.5, ge=0, allow_inf_nan=False, description="First backoff delay (a duration)."
     )
-    dcr_retry_max_delay: float = Field(10.0, ge=0, allow_inf_nan=False, description="Largest backoff delay in seconds.")
+    dcr_retry_max_delay: Duration = Field(
+        10.0, ge=0, allow_inf_nan=False, description="Largest backoff delay (a duration)."
+    )
 
-    dcr_watch_interval: float = Field(
-        300.0, gt=0, allow_inf_nan=False, description="Seconds between re-checks in 'watch' (sidecar) mode."
+    dcr_watch_interval: Duration = Field(
+        300.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="Time between re-checks in 'watch' (sidecar) mode (a duration: 300, 5m).",
     )
     dcr_delete_on_exit: bool = Field(
         False,
@@ -276,7 +301,7 @@ class Settings(BaseSettings):
     @field_validator("dcr_k8s_secret", "dcr_k8s_lease", "dcr_k8s_namespace")
     @classmethod
     def _k8s_name(cls, value: str | None) -> str | None:
-        if value and not _K8S_NAME.fullmatch(value):
+        if value and not K8S_NAME.fullmatch(value):
             raise ValueError("must be a Kubernetes name: lower-case letters, digits, '-' and '.', at most 253")
         return value or None
 

@@ -108,3 +108,20 @@ def test_delete_on_exit_with_a_shared_secret_is_refused(monkeypatch: pytest.Monk
     monkeypatch.setenv("DCR_DELETE_ON_EXIT", "true")
     with pytest.raises(ConfigError, match="DCR_DELETE_ON_EXIT"):
         load_settings().check()
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("90", 90.0), ("90s", 90.0), ("15m", 900.0), ("2h", 7200.0), ("29d", 2505600.0), ("500ms", 0.5)],
+)
+def test_a_duration_takes_plain_seconds_or_a_unit(monkeypatch: pytest.MonkeyPatch, text: str, seconds: float) -> None:
+    """DCR_WAIT_TIMEOUT (like every duration) reads 90, 90s, 15m, 2h, 29d or 500ms."""
+    monkeypatch.setenv("DCR_WAIT_TIMEOUT", text)
+    assert load_settings().dcr_wait_timeout == seconds
+
+
+def test_a_duration_with_an_unknown_unit_is_one_clear_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """'5 weeks' is refused naming the setting and the units it takes."""
+    monkeypatch.setenv("DCR_WATCH_INTERVAL", "5 weeks")
+    with pytest.raises(ConfigError, match=r"DCR_WATCH_INTERVAL: .*ms, s, m, h or d"):
+        load_settings()
