@@ -60,27 +60,36 @@ class Response:
     body: bytes = b""
 
     def json(self) -> dict[str, Any]:
-        try:
-            value = json.loads(self.body)
-        except ValueError:
+        value = json_object(self.body)
+        if value is None:
             raise MalformedResponse(
-                f"{self.url} answered HTTP {self.status} with a body that is not JSON; "
+                f"{self.url} answered HTTP {self.status} with a body that is not JSON (not a JSON object); "
                 "check that the URL points at the authorization server, not a proxy error page."
-            ) from None
-        if not isinstance(value, dict):
-            raise MalformedResponse(f"{self.url} answered JSON that is not an object; check the server URL.")
+            )
         return value
 
     def error_fields(self) -> tuple[str | None, str | None]:
         """``error`` and ``error_description`` (RFC 6749 §5.2) if the body has them; never raises."""
-        try:
-            body = json.loads(self.body)
-        except ValueError:
-            return None, None
-        if not isinstance(body, dict):
-            return None, None
-        error, description = body.get("error"), body.get("error_description")
-        return (error if isinstance(error, str) else None), (description if isinstance(description, str) else None)
+        error, description = text_fields(json_object(self.body), "error", "error_description")
+        return error, description
+
+
+def json_object(raw: bytes | str) -> dict[str, Any] | None:
+    """The JSON object ``raw`` holds, or None (not JSON, or JSON of another kind); never raises.
+
+    The one reader of answers for both HTTP clients (this one, and the Kubernetes store's).
+    """
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def text_fields(obj: dict[str, Any] | None, *names: str) -> tuple[str | None, ...]:
+    """The string values of ``names`` in ``obj`` (None where absent or not a string): error fields, say."""
+    found = obj or {}
+    return tuple(value if isinstance(value := found.get(name), str) else None for name in names)
 
 
 def retry_after(value: str | None) -> float | None:

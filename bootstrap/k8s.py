@@ -41,7 +41,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from . import __version__, flow, log, store
-from ._http import read_capped, retry_after, retryable
+from ._http import json_object, read_capped, retry_after, retryable, text_fields
 from .errors import BootstrapError, ConfigError, MalformedResponse, ServerNotReady, StorageError, Unavailable, printable
 from .models import SavedRegistration, is_vschar
 from .settings import K8S_NAME, Settings, hostname
@@ -290,7 +290,7 @@ def _parse_time(value: object) -> datetime.datetime | None:
 @dataclass(frozen=True)
 class _Answer:
     status: int
-    body: Any  # the JSON value, or None when the body is not JSON
+    body: dict[str, Any] | None  # the JSON object, or None when the body is not one
     location: str | None = None
 
 
@@ -438,7 +438,7 @@ class KubeStore:
             raise AmbiguousWrite(
                 f"The Kubernetes API answered HTTP {status} to the {method} of {self._what(kind, name)}"
             )
-        return _Answer(status, _json(raw), location)
+        return _Answer(status, json_object(raw), location)
 
     def _unreadable(self, method: str, kind: str, name: str, safe: bool) -> StorageError:
         text = (
@@ -496,7 +496,7 @@ class KubeStore:
                 f"Kubernetes API refused to {verb} {what} (HTTP 403): the service account needs RBAC verb "
                 f"'{verb}' on {resource} '{name}' in namespace {self.namespace} (see deploy/k8s/shared-secret.yaml)."
             )
-        message = _text(_dict(body).get("message"))
+        (message,) = text_fields(body, "message")
         reason = f": {printable(message, MESSAGE_LIMIT)}" if message else ""
         return f"Kubernetes API failed to {verb} {what} (HTTP {status}){reason}"
 
@@ -527,14 +527,14 @@ class KubeStore:
 
     def _decode(self, raw: object) -> dict[str, Any]:
         try:
-            data = json.loads(base64.b64decode(str(raw), validate=True))
-        except ValueError:  # not base64, not UTF-8, not JSON
+            data = json_object(base64.b64decode(str(raw), validate=True))
+        except ValueError:  # not base64
+            data = None
+        if data is None:
             raise InvalidSecret(
-                f"Secret {self.namespace}/{self.secret} key {DATA_KEY} is not valid JSON: "
+                f"Secret {self.namespace}/{self.secret} key {DATA_KEY} is not valid JSON (a JSON object): "
                 "delete the key to register again"
-            ) from None
-        if not isinstance(data, dict):
-            raise InvalidSecret(f"Secret {self.namespace}/{self.secret} key {DATA_KEY} is not a JSON object")
+            )
         return data
 
     async def save(self, data: dict[str, Any], resource_version: str | None) -> str:
@@ -656,13 +656,6 @@ class KubeStore:
         spec.update(holderIdentity=None, renewTime=None, acquireTime=None)
         # 404/409: someone took or removed it, fine.
         await self._call("PUT", "lease", self.lease, "update", obj, accept=(404, 409), budget=CLEANUP_TIMEOUT)
-
-
-def _json(raw: bytes) -> Any:
-    try:
-        return json.loads(raw)
-    except ValueError:
-        return None
 
 
 # --- the shared run -------------------------------------------------------------------------------

@@ -58,7 +58,8 @@ def parse_duration(value: object) -> object:
 
 
 # Every duration setting: seconds as a float in the code, plain seconds or a unit in the environment.
-Duration = Annotated[float, BeforeValidator(parse_duration)]
+Duration = Annotated[float, BeforeValidator(parse_duration), Field(ge=0, allow_inf_nan=False)]
+PositiveDuration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0, allow_inf_nan=False)]
 
 # Grant types of RFC 6749, 7522, 7523, 8628, 8693 and OpenID CIBA: anything else is a typo.
 KNOWN_GRANT_TYPES = frozenset(
@@ -221,31 +222,19 @@ class Settings(BaseSettings):
     )
 
     # --- waiting and retries ---
-    dcr_wait_timeout: Duration = Field(
-        120.0,
-        gt=0,
-        allow_inf_nan=False,
-        description="Time for the whole run, waiting included (a duration: 120, 120s, 2m).",
+    dcr_wait_timeout: PositiveDuration = Field(
+        120.0, description="Time for the whole run, waiting included (a duration: 120, 120s, 2m)."
     )
-    dcr_attempt_timeout: Duration = Field(
+    dcr_attempt_timeout: PositiveDuration = Field(
         10.0,
-        gt=0,
-        allow_inf_nan=False,
         description="Time for one HTTP attempt (never past DCR_WAIT_TIMEOUT). A registration POST or update "
         "PUT, which must not be repeated, waits for its answer until DCR_WAIT_TIMEOUT instead.",
     )
-    dcr_retry_initial_delay: Duration = Field(
-        0.5, ge=0, allow_inf_nan=False, description="First backoff delay (a duration)."
-    )
-    dcr_retry_max_delay: Duration = Field(
-        10.0, ge=0, allow_inf_nan=False, description="Largest backoff delay (a duration)."
-    )
+    dcr_retry_initial_delay: Duration = Field(0.5, description="First backoff delay (a duration).")
+    dcr_retry_max_delay: Duration = Field(10.0, description="Largest backoff delay (a duration).")
 
-    dcr_watch_interval: Duration = Field(
-        300.0,
-        gt=0,
-        allow_inf_nan=False,
-        description="Time between re-checks in 'watch' (sidecar) mode (a duration: 300, 5m).",
+    dcr_watch_interval: PositiveDuration = Field(
+        300.0, description="Time between re-checks in 'watch' (sidecar) mode (a duration: 300, 5m)."
     )
     dcr_delete_on_exit: bool = Field(
         False,

@@ -171,16 +171,22 @@ class FakeServer:
 
 
 @asynccontextmanager
-async def serving(fake: FakeServer) -> AsyncIterator[FakeServer]:
-    runner = web.AppRunner(fake.app())
+async def serve_app(app: web.Application, *, shutdown_timeout: float = 60.0) -> AsyncIterator[str]:
+    """Serve ``app`` on a free loopback port for the block; yields its base URL."""
+    runner = web.AppRunner(app, shutdown_timeout=shutdown_timeout)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    fake.base = f"http://127.0.0.1:{runner.addresses[0][1]}"
     try:
-        yield fake
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
     finally:
         await runner.cleanup()
+
+
+@asynccontextmanager
+async def serving(fake: FakeServer) -> AsyncIterator[FakeServer]:
+    async with serve_app(fake.app()) as fake.base:
+        yield fake
 
 
 @contextmanager

@@ -29,7 +29,7 @@ from bootstrap.errors import ConfigError, StorageError
 from bootstrap.k8s import DATA_KEY, KubeApi, KubeStore
 from bootstrap.settings import Settings
 from bootstrap.wait import Deadline, RetryPolicy
-from tests.fakeserver import FakeServer, serving, settings_for
+from tests.fakeserver import FakeServer, serve_app, serving, settings_for
 from tests.faults import FaultAt
 
 KUBE_TOKEN = "kube-bearer-token-value"
@@ -183,15 +183,9 @@ def applied_then(status: int) -> Trick:
 
 @asynccontextmanager
 async def serving_kube(fake: FakeKube) -> AsyncIterator[FakeKube]:
-    runner = web.AppRunner(fake.app(), shutdown_timeout=0.1)  # a slow handler must not hold up the teardown
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    fake.base = f"http://127.0.0.1:{runner.addresses[0][1]}"
-    try:
+    # A slow handler must not hold up the teardown.
+    async with serve_app(fake.app(), shutdown_timeout=0.1) as fake.base:
         yield fake
-    finally:
-        await runner.cleanup()
 
 
 @dataclass
@@ -218,15 +212,8 @@ async def witness() -> AsyncIterator[Witness]:
     seen = Witness()
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", seen.any)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    seen.base = f"http://127.0.0.1:{runner.addresses[0][1]}"
-    try:
+    async with serve_app(app) as seen.base:
         yield seen
-    finally:
-        await runner.cleanup()
 
 
 def kubeconfig(path: Path, server: str, **cluster: Any) -> Path:
