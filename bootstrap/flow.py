@@ -232,7 +232,7 @@ async def _register(ctx: _Run, endpoint: str) -> Outcome:
             logger.error("Failed to register client", status=exc.status, error=exc.error)
         raise
     # From the server's answer on, any failure (of whatever type) deletes the client again.
-    async with _delete_on_failure(ctx, info):
+    async with _withdraw_on_failure(ctx, info):
         _check_values(info, "registration response")
         new = _merge(info, ctx.server, None, ctx.wanted.fingerprint)
         # Recorded before anything else can fail: a run killed from here on leaves no orphan.
@@ -324,7 +324,7 @@ async def _adopt(ctx: _Run, pending: SavedRegistration) -> Outcome | None:
         logger.warning("Set aside a pending registration for another server", backup=str(kept))
         return None
     logger.warning("Finishing a registration that an interrupted run left", client_id=pending.client_id)
-    async with _delete_on_failure(ctx, pending):
+    async with _withdraw_on_failure(ctx, pending):
         await _finish(ctx, pending)
     logger.info("Successfully registered client", client_id=pending.client_id, client_name=ctx.wanted.client_name)
     return Outcome("registered", pending)
@@ -352,14 +352,18 @@ def _check_new(ctx: _Run, new: SavedRegistration) -> None:
         )
 
 
-def _delete_on_failure(ctx: _Run, new: Created) -> contextlib.AbstractAsyncContextManager[None]:
+def _withdraw_on_failure(ctx: _Run, new: Created) -> contextlib.AbstractAsyncContextManager[None]:
     """If the run fails after the server created ``new``, delete it (RFC 7592) and say so in the error."""
-    return undo_on_failure(lambda: _delete_new(ctx, new), new.client_id)
+    return withdraw_on_failure(lambda: _withdraw_new(ctx, new), new.client_id)
 
 
 @contextlib.asynccontextmanager
-async def undo_on_failure(undo: Callable[[], Awaitable[str]], client_id: str) -> AsyncIterator[None]:
-    """On a failure or a cancellation inside the block, ``undo()`` and add its sentence to the error."""
+async def withdraw_on_failure(undo: Callable[[], Awaitable[str]], client_id: str) -> AsyncIterator[None]:
+    """On a failure or a cancellation inside the block, ``undo()`` and add its sentence to the error.
+
+    To *withdraw* is this code's one verb for deleting a client that this run registered and could not
+    keep (RFC 7592 DELETE); ``delete`` is the user's command for a saved one.
+    """
     try:
         yield
     except (Exception, asyncio.CancelledError) as exc:  # whatever failed: a bug must not leave a client live
@@ -374,23 +378,21 @@ async def undo_on_failure(undo: Callable[[], Awaitable[str]], client_id: str) ->
         raise
 
 
-async def _delete_new(ctx: _Run, new: Created) -> str:
+async def _withdraw_new(ctx: _Run, new: Created) -> str:
     pending = store.pending_path(ctx.settings.dcr_client_file)
     remedy = (
         f"it is recorded in {pending}, and the next run finishes or deletes it."
         if pending.exists()
         else "delete it there by hand."
     )
-    deleted, note = await delete_created(ctx.transport, new, remedy)
+    deleted, note = await withdraw(ctx.transport, new, remedy)
     if deleted:
         with contextlib.suppress(StorageError):
             store.clear_pending(ctx.settings.dcr_client_file)
     return note
 
 
-async def delete_created(
-    transport: Transport, new: Created, remedy: str = "delete it there by hand."
-) -> tuple[bool, str]:
+async def withdraw(transport: Transport, new: Created, remedy: str = "delete it there by hand.") -> tuple[bool, str]:
     """RFC 7592 DELETE of a client this run created, on its own budget: (gone now, a sentence saying so)."""
     uri, token = new.registration_client_uri, new.registration_access_token
     if uri is None or token is None or not is_vschar(token.get_secret_value()):

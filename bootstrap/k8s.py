@@ -801,7 +801,7 @@ async def _run_flow(settings: Settings, kube: KubeStore, deadline: Deadline) -> 
     except (Exception, asyncio.CancelledError) as exc:
         new = _saved(settings)
         if new is not None and new.client_id != before:
-            note = await _undo_registration(settings, kube, new)
+            note = await _withdraw_unshared(settings, kube, new)
             if isinstance(exc, asyncio.CancelledError):
                 logger.warning(note, client_id=new.client_id)
             else:
@@ -846,7 +846,7 @@ async def _publish(
     wanted = mine.to_file()
     fresh = outcome.action == "registered"
     undo = (
-        flow.undo_on_failure(lambda: _undo_registration(settings, kube, mine), mine.client_id)
+        flow.withdraw_on_failure(lambda: _withdraw_unshared(settings, kube, mine), mine.client_id)
         if fresh
         else contextlib.nullcontext()
     )
@@ -883,7 +883,7 @@ async def _adopt(
 ) -> flow.Outcome:
     """Another Pod stored a different client first: the Secret decides, and ours (if new) is deleted."""
     if fresh:
-        _, note = await delete_client(settings, mine)
+        _, note = await _withdraw_client(settings, mine)
         logger.warning(
             f"Another Pod stored its registration first; using it. {note}",
             client_id=theirs.client_id,
@@ -901,7 +901,7 @@ async def _adopt(
     return flow.Outcome("reloaded", theirs)
 
 
-async def _undo_registration(settings: Settings, kube: KubeStore, new: SavedRegistration) -> str:
+async def _withdraw_unshared(settings: Settings, kube: KubeStore, new: SavedRegistration) -> str:
     """The Secret could not take a client this run registered: delete it (and its file), unless it is stored.
 
     A write whose answer was lost (or a failure anywhere after sending it) may have landed: the
@@ -915,7 +915,7 @@ async def _undo_registration(settings: Settings, kube: KubeStore, new: SavedRegi
         )
     if stored:
         return f"Secret {_secret_name(kube)} holds client {new.client_id} after all (the write landed); it was kept."
-    deleted, note = await delete_client(settings, new)
+    deleted, note = await _withdraw_client(settings, new)
     if deleted:
         try:
             store.remove(settings.dcr_client_file, settings.dcr_env_file)
@@ -940,7 +940,7 @@ async def _secret_holds(kube: KubeStore, new: SavedRegistration) -> bool | None:
     return stored is not None and stored.client_id == new.client_id
 
 
-async def delete_client(settings: Settings, new: SavedRegistration) -> tuple[bool, str]:
+async def _withdraw_client(settings: Settings, new: SavedRegistration) -> tuple[bool, str]:
     """RFC 7592 DELETE of a client this run created, on its own short budget: (gone now, what happened)."""
     async with flow.transport_for(settings, Deadline(flow.CLEANUP_TIMEOUT), new.issuer) as transport:
-        return await flow.delete_created(transport, new)
+        return await flow.withdraw(transport, new)
