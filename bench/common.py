@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 PEERS = BENCH / "peers"
 PYTHON = sys.executable
-# The commit before issue 10's changes: what "before" means in docs/PERFORMANCE.md.
+# What "before" means in docs/PERFORMANCE.md: a commit from before the performance changes (983a7cc on).
 BEFORE_REV = "5575cf1"
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from harness.keycloak import Admin
 
-from .common import BENCH, PYTHON, Tree, base_env, kill, log, median, percentile, reap, spawn
+from .common import BENCH, PYTHON, Run, Tree, base_env, kill, log, median, percentile, reap, spawn
 from .proxy import Proxy
 
 BARRIER = 'read -r _ || true; exec "$@" </dev/null'
@@ -82,76 +82,112 @@ async def run(
     proxies = [Proxy(keycloak_port, rewrite_host=True) for _ in range(1 if shared else replicas)]
     for proxy in proxies:
         await proxy.start()
-    root = work / f"fleet-{tree.label}-{'shared' if shared else 'own'}"
+    kind = "shared" if shared else "own"
+    root = work / f"fleet-{tree.label}-{kind}"
     lock_log = root / "locks.jsonl"
+    env = tree.env(base_env(work)) | {
+        "KEYCLOAK_URL": keycloak_url,
+        "KEYCLOAK_REALM": realm,
+        "DCR_INITIAL_ACCESS_TOKEN": token,
+        "DCR_WAIT_TIMEOUT": str(wait_timeout),
+        "DCR_LOG_FORMAT": "json",
+        "BENCH_LOCK_LOG": str(lock_log),
+    }
+    jobs = _jobs(tree, shared, replicas, root, env, proxies)
+    await _release_and_wait(result, jobs, wait_timeout + 60)
+    for proxy in proxies:
+        await proxy.close()
+        result.requests.append(len(proxy.requests))
+    result.clients_created = await asyncio.to_thread(admin.count_clients, realm) - clients_before
+    result.distinct_client_ids = len(_client_ids({job.folder for job in jobs}))
+    if shared and lock_log.exists():
+        _read_lock_times(result, lock_log)
+    await asyncio.to_thread(admin.delete_realm, realm)
+    log(
+        f"fleet {tree.label} {kind}: {result.ok}/{replicas} ok, "
+        f"{result.clients_created} clients, total {result.total:.1f}s"
+    )
+    return result
+
+
+@dataclass(frozen=True)
+class _Job:
+    argv: list[str]
+    env: dict[str, str]
+    folder: Path
+    log_path: Path
+
+
+def _jobs(tree: Tree, shared: bool, replicas: int, root: Path, env: dict[str, str], proxies: list[Proxy]) -> list[_Job]:
+    """Each replica with a folder and a proxy of its own, or all of them on the one folder and proxy."""
+    # The shared folder's runs go through lockprobe.py, which times each one's wait for the file lock.
     argv = [PYTHON, str(BENCH / "lockprobe.py")] if shared else tree.argv()
-    jobs: list[tuple[list[str], dict[str, str], Path, Path]] = []
+    jobs: list[_Job] = []
     for i in range(replicas):
         folder = root / ("shared" if shared else f"r{i:03d}")
         folder.mkdir(parents=True, exist_ok=True)
         proxy = proxies[0 if shared else i]
-        env = tree.env(base_env(work)) | {
-            "KEYCLOAK_URL": keycloak_url,
-            "DCR_INTERNAL_URL": proxy.url,
-            "KEYCLOAK_REALM": realm,
-            "DCR_INITIAL_ACCESS_TOKEN": token,
-            "DCR_CLIENT_FILE": str(folder / ".dcr_client.json"),
-            "DCR_WAIT_TIMEOUT": str(wait_timeout),
-            "DCR_LOG_FORMAT": "json",
-            "BENCH_LOCK_LOG": str(lock_log),
-        }
-        jobs.append((argv, env, folder, root / f"r{i:03d}.log"))
+        job_env = env | {"DCR_INTERNAL_URL": proxy.url, "DCR_CLIENT_FILE": str(folder / ".dcr_client.json")}
+        jobs.append(_Job(argv, job_env, folder, root / f"r{i:03d}.log"))
+    return jobs
+
+
+async def _release_and_wait(result: Fleet, jobs: list[_Job], kill_after: float) -> None:
+    """Spawn every replica at the barrier, release them together and record each one's end.
+
+    Replicas still running ``kill_after`` seconds after the release are killed.
+    """
     # A start barrier: each replica waits in a shell on a pipe; closing it starts all of them at once
     # (``exec`` then replaces the shell, so the usage measured is the tool's).
     gate_r, gate_w = os.pipe()
     spawned = time.monotonic()
     procs = [
-        (spawn(["sh", "-c", BARRIER, "replica", *argv_i], env, folder, log_path, stdin=gate_r), log_path)
-        for argv_i, env, folder, log_path in jobs
+        (spawn(["sh", "-c", BARRIER, "replica", *job.argv], job.env, job.folder, job.log_path, stdin=gate_r), job)
+        for job in jobs
     ]
     os.close(gate_r)
     t0 = time.monotonic()
     result.spawn_seconds = t0 - spawned
     os.close(gate_w)
-    deadline = t0 + wait_timeout + 60
+    deadline = t0 + kill_after
     while procs and time.monotonic() < deadline:
         for item in list(procs):
-            proc, log_path = item
+            proc, job = item
             if (ended := reap(proc)) is not None:
                 procs.remove(item)
-                result.done.append(time.monotonic() - t0)
-                result.codes.append(ended.code)
-                result.rss_mib.append(ended.rss_mib)
-                result.cpu.append(ended.cpu)
-                if ended.code != 0:
-                    result.failures.append(f"exit {ended.code}: {_last_line(log_path)}")
+                _record(result, ended, time.monotonic() - t0, job.log_path)
         await asyncio.sleep(0.01)
-    for proc, _log_path in procs:
+    for proc, _job in procs:
         result.codes.append(kill(proc).code)
         result.failures.append("killed: still running past the deadline")
-    for proxy in proxies:
-        await proxy.close()
-        result.requests.append(len(proxy.requests))
-    result.clients_created = await asyncio.to_thread(admin.count_clients, realm) - clients_before
+
+
+def _record(result: Fleet, ended: Run, done: float, log_path: Path) -> None:
+    result.done.append(done)
+    result.codes.append(ended.code)
+    result.rss_mib.append(ended.rss_mib)
+    result.cpu.append(ended.cpu)
+    if ended.code != 0:
+        result.failures.append(f"exit {ended.code}: {_last_line(log_path)}")
+
+
+def _client_ids(folders: set[Path]) -> set[str]:
+    """The client_id in each folder's credentials file (a shared folder holds one file)."""
     ids = set()
-    for folder in {job[2] for job in jobs}:
+    for folder in folders:
         try:
             ids.add(json.loads((folder / ".dcr_client.json").read_text())["client_id"])
         except (OSError, ValueError, KeyError):
             continue
-    result.distinct_client_ids = len(ids)
-    if shared and lock_log.exists():
-        for line in lock_log.read_text().splitlines():
-            entry = json.loads(line)
-            if entry["got"] is not None:
-                result.lock_waits.append(entry["got"] - entry["asked"])
-                result.lock_held.append(entry["released"] - entry["got"])
-    await asyncio.to_thread(admin.delete_realm, realm)
-    log(
-        f"fleet {tree.label} {'shared' if shared else 'own'}: {result.ok}/{replicas} ok, "
-        f"{result.clients_created} clients, total {result.total:.1f}s"
-    )
-    return result
+    return ids
+
+
+def _read_lock_times(result: Fleet, lock_log: Path) -> None:
+    for line in lock_log.read_text().splitlines():
+        entry = json.loads(line)
+        if entry["got"] is not None:  # None: the run failed before it held the lock
+            result.lock_waits.append(entry["got"] - entry["asked"])
+            result.lock_held.append(entry["released"] - entry["got"])
 
 
 def _last_line(path: Path) -> str:

@@ -22,8 +22,9 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -32,11 +33,12 @@ from .common import Peers, Tree, base_env, kill, log, median, percentile, reap, 
 from .proxy import Mode, Proxy
 
 Variant = Literal["refused", "503"]
+VARIANTS: tuple[Variant, ...] = ("refused", "503")
 POLL = 0.005
 START_WINDOW = {"peer": 0.15}  # a shell and curl start in milliseconds; Python needs its imports
 PYTHON_START_WINDOW = 0.6
 READY_WINDOW = 1.1
-LONG_GAPS = (15.0, 60.0)  # the issue's range reaches 60 s; "before" needs long gaps to show its backoff
+LONG_GAPS = (15.0, 60.0)  # the lag goal's range reaches 60 s; "before" needs long gaps to show its backoff
 
 
 @dataclass
@@ -66,6 +68,32 @@ class Trial:
     def not_ready_seconds(self) -> float:
         return (self.opened or 0.0) - (self.started or 0.0)
 
+    @property
+    def ok(self) -> bool:
+        return self.lag is not None and self.code == 0
+
+    @property
+    def answered_rate(self) -> float | None:
+        """Requests a second the gate answered itself while not ready."""
+        return self.local_requests / self.not_ready_seconds if self.not_ready_seconds > 0 else None
+
+    @property
+    def refused_probe_rate(self) -> float | None:
+        """Connection attempts a second the tool logged while the gate refused (None: it logs none)."""
+        if self.refused_probes is None or not self.gap:
+            return None
+        return self.refused_probes / self.not_ready_seconds
+
+    @property
+    def detect(self) -> float | None:
+        """Gate opened -> the tool's first request that reached Keycloak: the retry policy's share of the lag."""
+        return self.first_forward - self.opened if self.first_forward and self.opened else None
+
+    @property
+    def work(self) -> float | None:
+        """That first request -> the file exists: the job itself."""
+        return self.file_at - self.first_forward if self.file_at and self.first_forward else None
+
 
 def make_trials(
     tools: Sequence[str],
@@ -75,8 +103,7 @@ def make_trials(
     rng: random.Random,
 ) -> list[Trial]:
     plan: list[Trial] = []
-    variants: tuple[Variant, ...] = ("refused", "503")
-    for variant in variants:
+    for variant in VARIANTS:
         for tool in tools:
             plan += [Trial(tool, variant, round(rng.uniform(*short), 2)) for _ in range(trials)]
     for (tool, variant), count in long_gaps.items():
@@ -126,29 +153,46 @@ async def _run_trial(
     proc = spawn(argv, env, file.parent, trial.log_path)
     trial.started = time.monotonic()
     try:
-        # Before the gate opens the file cannot appear: only look for an early exit, every 50 ms.
-        while time.monotonic() < trial.started + trial.gap:
-            if (ended := reap(proc)) is not None:
-                trial.exit_at, trial.code = time.monotonic(), ended.code
-                return
-            await asyncio.sleep(min(0.05, max(0.0, trial.started + trial.gap - time.monotonic())))
+        if await _exited_before_ready(trial, proc):
+            return
         trial.opened = await gate.open()
-        while time.monotonic() < trial.opened + limit:
-            now = time.monotonic()
-            if trial.file_at is None and os.path.exists(file):  # noqa: ASYNC240 - a stat, every 5 ms
-                trial.file_at = now
-            if (ended := reap(proc)) is not None:
-                trial.exit_at, trial.code = now, ended.code
-                if trial.file_at is None and os.path.exists(file):  # noqa: ASYNC240
-                    trial.file_at = now
-                return
-            await asyncio.sleep(POLL)
-        trial.code = kill(proc).code
+        await _watch(trial, proc, file, trial.opened + limit)
     finally:
         await gate.close()
         trial.local_requests = sum(1 for r in gate.requests if r.local)
         trial.forwarded_requests = sum(1 for r in gate.requests if not r.local)
         trial.first_forward = min((r.at for r in gate.requests if not r.local), default=None)
+
+
+async def _exited_before_ready(trial: Trial, proc: subprocess.Popen[bytes]) -> bool:
+    """Wait out the gap; True if the tool exited meanwhile."""
+    assert trial.started is not None
+    ready = trial.started + trial.gap
+    # Before the gate opens the file cannot appear: only look for an early exit, every 50 ms.
+    while time.monotonic() < ready:
+        if (ended := reap(proc)) is not None:
+            trial.exit_at, trial.code = time.monotonic(), ended.code
+            return True
+        await asyncio.sleep(min(0.05, max(0.0, ready - time.monotonic())))
+    return False
+
+
+async def _watch(trial: Trial, proc: subprocess.Popen[bytes], file: Path, deadline: float) -> None:
+    """Note when the file appears and when the tool exits; kill it at ``deadline``."""
+    while time.monotonic() < deadline:
+        now = time.monotonic()
+        _look_for(trial, file, now)
+        if (ended := reap(proc)) is not None:
+            trial.exit_at, trial.code = now, ended.code
+            _look_for(trial, file, now)  # written just before the exit
+            return
+        await asyncio.sleep(POLL)
+    trial.code = kill(proc).code
+
+
+def _look_for(trial: Trial, file: Path, now: float) -> None:
+    if trial.file_at is None and os.path.exists(file):  # a stat, every 5 ms: cheap enough for the loop
+        trial.file_at = now
 
 
 async def run(
@@ -167,55 +211,84 @@ async def run(
 ) -> list[Trial]:
     rng = random.Random(seed)  # noqa: S311 - a schedule, not a secret
     tools = [tree.label for tree in trees] + (["peer"] if peers.curl else [])
-    # "before" backs off exponentially on 5xx (not on a refused connection, which 5575cf1 already probed
-    # every 0.2 s): the long gaps go mostly to the 503 gate, where that backoff shows.
-    long_plan: dict[tuple[str, Variant], int] = {}
-    if long_gaps:
-        long_plan = {
-            ("before", "503"): long_gaps,
-            ("before", "refused"): long_gaps // 2,
-            ("after", "503"): long_gaps // 2,
-            ("after", "refused"): max(1, long_gaps // 4),
-        }
-    trials = make_trials(tools, trials_per_tool, short, long_plan, rng)
+    trials = make_trials(tools, trials_per_tool, short, _long_plan(long_gaps), rng)
     span = schedule(trials)
     log(f"lag: {len(trials)} trials over about {span:.0f}s")
     by_label = {tree.label: tree for tree in trees}
-    tasks = []
+    setup = _Setup(keycloak_url, keycloak_port, realm, token, peers, work)
     t0 = time.monotonic() + 1.0
+    tasks = []
     for i, trial in enumerate(trials):
-        folder = work / f"lag-{i:03d}-{trial.tool}-{trial.variant}"
+        argv, env, gate, file = await setup.prepare(i, trial, None if trial.tool == "peer" else by_label[trial.tool])
+        tasks.append(_run_trial(trial, t0, argv, env, gate, file, limit=90.0))
+    await asyncio.gather(*tasks)
+    for trial in trials:
+        _count_refused_probes(trial)
+        if trial.code != 0 or trial.lag is None:
+            log(f"lag trial {trial.tool}/{trial.variant} gap {trial.gap}s failed: exit {trial.code}")
+    return trials
+
+
+def _long_plan(long_gaps: int) -> dict[tuple[str, Variant], int]:
+    """How many long-gap trials each tool gets at each gate.
+
+    "before" backs off exponentially on 5xx (not on a refused connection, which 5575cf1 already probed
+    every 0.2 s): the long gaps go mostly to the 503 gate, where that backoff shows.
+    """
+    if not long_gaps:
+        return {}
+    return {
+        ("before", "503"): long_gaps,
+        ("before", "refused"): long_gaps // 2,
+        ("after", "503"): long_gaps // 2,
+        ("after", "refused"): max(1, long_gaps // 4),
+    }
+
+
+@dataclass(frozen=True)
+class _Setup:
+    """What every trial shares: the Keycloak behind the gates, the realm, and where the trials work."""
+
+    keycloak_url: str
+    keycloak_port: int
+    realm: str
+    token: str
+    peers: Peers
+    work: Path
+
+    async def prepare(self, i: int, trial: Trial, tree: Tree | None) -> tuple[list[str], dict[str, str], Proxy, Path]:
+        """Trial ``i``'s folder and gate (listening already, unless it refuses); its argv, env, gate and file.
+
+        ``tree`` None: the 1 s poller.
+        """
+        folder = self.work / f"lag-{i:03d}-{trial.tool}-{trial.variant}"
         folder.mkdir(parents=True)
         trial.log_path = folder / "run.log"
         file = folder / ".dcr_client.json"
         mode: Mode = "refuse" if trial.variant == "refused" else "answer"
-        gate = await Proxy(keycloak_port, mode=mode, rewrite_host=True).start()
-        env = base_env(work) | {
-            "KEYCLOAK_URL": keycloak_url,
+        gate = await Proxy(self.keycloak_port, mode=mode, rewrite_host=True).start()
+        env = base_env(self.work) | {
+            "KEYCLOAK_URL": self.keycloak_url,
             "DCR_INTERNAL_URL": gate.url,
-            "KEYCLOAK_REALM": realm,
-            "DCR_INITIAL_ACCESS_TOKEN": token,
+            "KEYCLOAK_REALM": self.realm,
+            "DCR_INITIAL_ACCESS_TOKEN": self.token,
             "DCR_CLIENT_FILE": str(file),
             "DCR_WAIT_TIMEOUT": str(int(trial.gap + 120)),
             "DCR_LOG_FORMAT": "json",
         }
-        if trial.tool == "peer":
+        if tree is None:
             # The poller builds its URLs from KEYCLOAK_URL: point it at the gate (Host is rewritten).
-            argv, env = ["sh", str(peers.poller)], env | {"KEYCLOAK_URL": gate.url}
+            argv, env = ["sh", str(self.peers.poller)], env | {"KEYCLOAK_URL": gate.url}
         else:
-            tree = by_label[trial.tool]
             argv, env = tree.argv(), tree.env(env)
-        tasks.append(_run_trial(trial, t0, argv, env, gate, file, limit=90.0))
-    await asyncio.gather(*tasks)
-    for trial in trials:
-        if trial.tool != "peer" and trial.log_path is not None:
-            text = trial.log_path.read_text(errors="replace")
-            trial.refused_probes = sum(
-                1 for line in text.splitlines() if "Server not ready" in line and "connect" in line
-            )
-        if trial.code != 0 or trial.lag is None:
-            log(f"lag trial {trial.tool}/{trial.variant} gap {trial.gap}s failed: exit {trial.code}")
-    return trials
+        return argv, env, gate, file
+
+
+def _count_refused_probes(trial: Trial) -> None:
+    """The poller does not log its tries; dcr-bootstrap logs each refused connection."""
+    if trial.tool != "peer" and trial.log_path is not None:
+        text = trial.log_path.read_text(errors="replace")
+        trial.refused_probes = sum(1 for line in text.splitlines() if "Server not ready" in line and "connect" in line)
 
 
 @dataclass(frozen=True)
@@ -238,30 +311,45 @@ class LagRow:
 
 
 def summarize(trials: Sequence[Trial], tool: str, variant: Variant, *, long: bool | None = None) -> LagRow | None:
-    chosen = [t for t in trials if t.tool == tool and t.variant == variant]
-    if long is not None:
-        chosen = [t for t in chosen if (t.gap >= 15.0) == long]
+    """One tool at one gate; ``long``: only the 15-60 s gaps (True), only the short ones (False), or all (None)."""
+    chosen = _choose(trials, tool, variant, long)
     if not chosen:
         return None
-    ok = [t for t in chosen if t.lag is not None and t.code == 0]
-    lags = sorted(t.lag for t in ok if t.lag is not None)
-    waited = sum(t.not_ready_seconds for t in chosen)
-    rates = [t.local_requests / t.not_ready_seconds for t in chosen if t.not_ready_seconds > 0]
-    probes = [t.refused_probes / t.not_ready_seconds for t in chosen if t.refused_probes is not None and t.gap]
+    ok = [t for t in chosen if t.ok]
+    lags = sorted(_present(t.lag for t in ok))
+    gaps = [t.gap for t in chosen]
     return LagRow(
         tool=tool,
         variant=variant,
         trials=len(chosen),
         failed=len(chosen) - len(lags),
-        gaps=(min(t.gap for t in chosen), max(t.gap for t in chosen)),
+        gaps=(min(gaps), max(gaps)),
         median=median(lags),
         p90=percentile(lags, 90),
-        worst=max(lags) if lags else float("nan"),
+        worst=max(lags, default=float("nan")),
         lags=lags,
-        not_ready_rate=sum(t.local_requests for t in chosen) / waited if waited else 0.0,
-        not_ready_rate_max=max(rates) if rates else 0.0,
-        refused_probe_rate=median(probes) if probes else None,
+        not_ready_rate=_answered_rate(chosen),
+        not_ready_rate_max=max(_present(t.answered_rate for t in chosen), default=0.0),
+        refused_probe_rate=_median_or_none(_present(t.refused_probe_rate for t in chosen)),
         forwarded_median=median([float(t.forwarded_requests) for t in chosen]),
-        detect_median=median([t.first_forward - t.opened for t in ok if t.first_forward and t.opened]),
-        work_median=median([t.file_at - t.first_forward for t in ok if t.file_at and t.first_forward]),
+        detect_median=median(_present(t.detect for t in ok)),
+        work_median=median(_present(t.work for t in ok)),
     )
+
+
+def _choose(trials: Sequence[Trial], tool: str, variant: Variant, long: bool | None) -> list[Trial]:
+    return [t for t in trials if t.tool == tool and t.variant == variant and long in (None, t.gap >= LONG_GAPS[0])]
+
+
+def _median_or_none(values: Sequence[float]) -> float | None:
+    return median(values) if values else None
+
+
+def _answered_rate(trials: Sequence[Trial]) -> float:
+    """Requests the gates answered ÷ the seconds they were not ready, over all ``trials``."""
+    waited = sum(t.not_ready_seconds for t in trials)
+    return sum(t.local_requests for t in trials) / waited if waited else 0.0
+
+
+def _present(values: Iterable[float | None]) -> list[float]:
+    return [v for v in values if v is not None]

@@ -1,4 +1,4 @@
-"""``python -m bench``: every figure of issue 10 in one run, written to docs/PERFORMANCE.md.
+"""``python -m bench``: every figure of the performance goals in one run, written to docs/PERFORMANCE.md.
 
 Starts one real Keycloak (the harness), installs the node peer (``npm ci`` in bench/peers), unpacks
 "before" (``git archive``; the working tree is "after"), then measures, in this order: startup (quiet
@@ -14,12 +14,12 @@ import functools
 import json
 import os
 import random
+import shutil
 import sys
 import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 from harness.keycloak import KEYCLOAK_VERSION, Admin, KeycloakServer, ensure_distribution
 
@@ -41,30 +41,7 @@ from .common import (
     package_version,
     workdir,
 )
-
-FIGURES = ("startup", "cost", "economy", "lag", "fleet")
-
-
-@dataclass
-class Results:
-    started: str
-    finished: str = ""
-    duration: float = 0.0
-    load_start: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    load_end: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    loads: dict[str, tuple[float, float, float]] = field(default_factory=dict)  # before each figure
-    machine: dict[str, str] = field(default_factory=dict)
-    versions: dict[str, str] = field(default_factory=dict)
-    settings: dict[str, Any] = field(default_factory=dict)
-    keycloak: dict[str, float] = field(default_factory=dict)
-    env: dict[str, list[Run]] = field(default_factory=dict)
-    imports: dict[str, dict[str, float]] = field(default_factory=dict)
-    importtime: dict[str, startup.ImportTime] = field(default_factory=dict)
-    profiles: dict[str, startup.Profile] = field(default_factory=dict)
-    costs: dict[str, list[Run]] = field(default_factory=dict)
-    economy: dict[str, list[str]] = field(default_factory=dict)
-    lag: list[lag.Trial] = field(default_factory=list)
-    fleets: list[fleet.Fleet] = field(default_factory=list)
+from .figures import FIGURES, Results
 
 
 def machine() -> dict[str, str]:
@@ -122,122 +99,19 @@ async def _main(args: argparse.Namespace) -> Results:
         "replicas": args.replicas,
         "before": args.before,
     }
-    if args.reuse_keycloak:
-        # Developing the bench: a Keycloak already running ({"url", "port", "pw", "home"} in a JSON file).
-        known = json.loads(args.reuse_keycloak.read_text())
-        server = KeycloakServer(home=Path(known["home"]), http_port=int(known["port"]), admin_password=known["pw"])
-    else:
-        server = KeycloakServer(home=ensure_distribution()).spawn()
+    server = _keycloak(args.reuse_keycloak)
     try:
-        work = workdir()
-        log(f"work folder {work}; Keycloak starting on {server.url}")
-        trees: list[Tree] = [after_tree()]
-        if args.before != "none":
-            trees.append(before_tree(args.before, work / "before-tree"))
-        node = await asyncio.to_thread(install_node_peers)
-        peers = Peers(kcreg=server.home / "bin" / "kcreg.sh", node=node)
-        results.versions = versions(peers)
-        if server.pgid is not None:
-            await asyncio.to_thread(server.wait_ready)
-        results.keycloak = {"startup_s": server.startup_seconds or 0.0, "rss_mib": server.rss_mib or 0.0}
-        admin = server.admin()
-        realm = await asyncio.to_thread(admin.create_realm)
-        token = await asyncio.to_thread(admin.mint_initial_access_token, realm, count=1000, expiration=7200)
-        rounds = args.rounds
-
+        bench = await _Bench.start(server, args, results)
         # Warm Keycloak up (JIT, caches): two discarded rounds of every job.
         log("warm-up")
-        costs = functools.partial(register.costs, url=server.url, realm=realm, token=token, trees=trees, peers=peers)
-        await asyncio.to_thread(costs, work=work / "warmup", rounds=2, seed=99)
-        if "startup" in figures:
-            results.loads["startup"] = os.getloadavg()
-            log("startup: env, imports, importtime, cProfile")
-            saved = _a_saved_file(work / "warmup")
-            home = work / "startup"
-            home.mkdir()
-            (home / ".dcr_client.json").write_bytes(saved.read_bytes())
-            env = register.tool_env(base_env(home), server.url, realm, token, home / ".dcr_client.json")
-            results.env = await asyncio.to_thread(
-                startup.env_runs,
-                trees,
-                env,
-                home,
-                rounds,
-                random.Random(6),  # noqa: S311
-                peers.node,
-            )
-            for tree in trees:
-                for kind in ("importtime", "profile"):
-                    where = work / f"{kind}-{tree.label}"
-                    where.mkdir()
-                    run_env = register.tool_env(base_env(where), server.url, realm, token, where / ".dcr_client.json")
-                    if kind == "importtime":
-                        results.importtime[tree.label] = await asyncio.to_thread(
-                            startup.importtime, tree, run_env, where
-                        )
-                    else:
-                        results.profiles[tree.label] = await asyncio.to_thread(startup.profile, tree, run_env, where)
-                results.imports[tree.label] = await asyncio.to_thread(
-                    startup.import_costs,
-                    tree,
-                    base_env(home),
-                    home,
-                    max(3, rounds // 2),
-                    results.importtime[tree.label].own_modules,
-                )
-        if "cost" in figures:
-            results.loads["cost"] = os.getloadavg()
-            log(f"cost: {rounds} interleaved rounds")
-            results.costs = await asyncio.to_thread(costs, work=work / "cost", rounds=rounds)
-        if "economy" in figures:
-            results.loads["economy"] = os.getloadavg()
-            log("economy: requests per job")
-            results.economy = await register.economy(
-                keycloak_port=server.http_port,
-                admin_password=server.admin_password,
-                realm=realm,
-                trees=trees,
-                peers=peers,
-                work=work,
-            )
-        if "lag" in figures:
-            results.loads["lag"] = os.getloadavg()
-            lag_realm = await asyncio.to_thread(admin.create_realm)
-            lag_token = await asyncio.to_thread(admin.mint_initial_access_token, lag_realm, count=500, expiration=7200)
-            results.lag = await lag.run(
-                keycloak_url=server.url,
-                keycloak_port=server.http_port,
-                realm=lag_realm,
-                token=lag_token,
-                trees=trees,
-                peers=peers,
-                work=work / "lag",
-                trials_per_tool=args.lag_trials,
-                short=tuple(args.lag_gaps),
-                long_gaps=args.long_gaps,
-            )
-        if "fleet" in figures:
-            for tree in trees:
-                for shared in (False, True):
-                    results.loads[f"fleet {tree.label} {'shared' if shared else 'own'}"] = os.getloadavg()
-                    log(f"fleet: {args.replicas} x {tree.label}, {'one shared folder' if shared else 'own folders'}")
-                    results.fleets.append(
-                        await fleet.run(
-                            tree=tree,
-                            shared=shared,
-                            replicas=args.replicas,
-                            keycloak_url=server.url,
-                            keycloak_port=server.http_port,
-                            admin=_fresh_admin(server),
-                            work=work,
-                        )
-                    )
+        await asyncio.to_thread(bench.costs, work=bench.work / "warmup", rounds=2, seed=99)
+        for name in FIGURES:
+            if name in figures:
+                await _STEPS[name](bench, results)
         if not args.keep:
-            import shutil
-
-            shutil.rmtree(work, ignore_errors=True)
+            shutil.rmtree(bench.work, ignore_errors=True)
         else:
-            log(f"kept {work}")
+            log(f"kept {bench.work}")
     finally:
         server.stop()
     results.load_end = os.getloadavg()
@@ -246,8 +120,158 @@ async def _main(args: argparse.Namespace) -> Results:
     return results
 
 
-def _fresh_admin(server: KeycloakServer) -> Admin:
-    return server.admin()
+def _keycloak(reuse: Path | None) -> KeycloakServer:
+    if reuse is None:
+        return KeycloakServer(home=ensure_distribution()).spawn()
+    # Developing the bench: a Keycloak already running ({"url", "port", "pw", "home"} in a JSON file).
+    known = json.loads(reuse.read_text())
+    return KeycloakServer(home=Path(known["home"]), http_port=int(known["port"]), admin_password=known["pw"])
+
+
+@dataclass
+class _Bench:
+    """What every figure measures with: the Keycloak, its realm and token, the trees, the peers, a work folder."""
+
+    args: argparse.Namespace
+    server: KeycloakServer
+    admin: Admin
+    realm: str
+    token: str
+    trees: list[Tree]
+    peers: Peers
+    work: Path
+
+    @classmethod
+    async def start(cls, server: KeycloakServer, args: argparse.Namespace, results: Results) -> _Bench:
+        """Unpack "before", install the node peer and wait for Keycloak (noting versions and its startup)."""
+        work = workdir()
+        log(f"work folder {work}; Keycloak starting on {server.url}")
+        trees: list[Tree] = [after_tree()]
+        if args.before != "none":
+            trees.append(before_tree(args.before, work / "before-tree"))
+        node = await asyncio.to_thread(install_node_peers)
+        peers = Peers(kcreg=server.home / "bin" / "kcreg.sh", node=node)
+        results.versions = versions(peers)
+        if server.pgid is not None:  # started here, not reused
+            await asyncio.to_thread(server.wait_ready)
+        results.keycloak = {"startup_s": server.startup_seconds or 0.0, "rss_mib": server.rss_mib or 0.0}
+        admin = server.admin()
+        realm = await asyncio.to_thread(admin.create_realm)
+        token = await asyncio.to_thread(admin.mint_initial_access_token, realm, count=1000, expiration=7200)
+        return cls(args, server, admin, realm, token, trees, peers, work)
+
+    @property
+    def costs(self) -> functools.partial[dict[str, list[Run]]]:
+        """``register.costs`` against this Keycloak; give it ``work``, ``rounds`` (and ``seed``)."""
+        return functools.partial(
+            register.costs, url=self.server.url, realm=self.realm, token=self.token, trees=self.trees, peers=self.peers
+        )
+
+    def folder(self, name: str) -> tuple[dict[str, str], Path]:
+        """A fresh folder under the work folder, and the tool's environment to run in it."""
+        where = self.work / name
+        where.mkdir()
+        return self.tool_env(where), where
+
+    def tool_env(self, home: Path) -> dict[str, str]:
+        return register.tool_env(base_env(home), self.server.url, self.realm, self.token, home / ".dcr_client.json")
+
+
+async def _startup(bench: _Bench, results: Results) -> None:
+    results.loads["startup"] = os.getloadavg()
+    log("startup: env, imports, importtime, cProfile")
+    # ``dcr-bootstrap env`` needs a saved registration: copy one from the warm-up.
+    saved = _a_saved_file(bench.work / "warmup")
+    env, home = bench.folder("startup")
+    (home / ".dcr_client.json").write_bytes(saved.read_bytes())
+    rng = random.Random(6)  # noqa: S311 - a schedule, not a secret
+    results.env = await asyncio.to_thread(
+        startup.env_runs, bench.trees, env, home, bench.args.rounds, rng, bench.peers.node
+    )
+    for tree in bench.trees:
+        results.importtime[tree.label] = await asyncio.to_thread(
+            startup.importtime, tree, *bench.folder(f"importtime-{tree.label}")
+        )
+        results.profiles[tree.label] = await asyncio.to_thread(
+            startup.profile, tree, *bench.folder(f"profile-{tree.label}")
+        )
+        results.imports[tree.label] = await asyncio.to_thread(
+            startup.import_costs,
+            tree,
+            base_env(home),
+            home,
+            max(3, bench.args.rounds // 2),
+            results.importtime[tree.label].own_modules,
+        )
+
+
+async def _cost(bench: _Bench, results: Results) -> None:
+    results.loads["cost"] = os.getloadavg()
+    log(f"cost: {bench.args.rounds} interleaved rounds")
+    results.costs = await asyncio.to_thread(bench.costs, work=bench.work / "cost", rounds=bench.args.rounds)
+
+
+async def _economy(bench: _Bench, results: Results) -> None:
+    results.loads["economy"] = os.getloadavg()
+    log("economy: requests per job")
+    results.economy = await register.economy(
+        keycloak_port=bench.server.http_port,
+        admin_password=bench.server.admin_password,
+        realm=bench.realm,
+        trees=bench.trees,
+        peers=bench.peers,
+        work=bench.work,
+    )
+
+
+async def _lag(bench: _Bench, results: Results) -> None:
+    results.loads["lag"] = os.getloadavg()
+    # A realm of its own, with a token for every trial.
+    realm = await asyncio.to_thread(bench.admin.create_realm)
+    token = await asyncio.to_thread(bench.admin.mint_initial_access_token, realm, count=500, expiration=7200)
+    args = bench.args
+    results.lag = await lag.run(
+        keycloak_url=bench.server.url,
+        keycloak_port=bench.server.http_port,
+        realm=realm,
+        token=token,
+        trees=bench.trees,
+        peers=bench.peers,
+        work=bench.work / "lag",
+        trials_per_tool=args.lag_trials,
+        short=tuple(args.lag_gaps),
+        long_gaps=args.long_gaps,
+    )
+
+
+async def _fleet(bench: _Bench, results: Results) -> None:
+    replicas = bench.args.replicas
+    for tree in bench.trees:
+        for shared in (False, True):
+            # The fleet raises the load itself: note it before each of its runs.
+            results.loads[f"fleet {tree.label} {'shared' if shared else 'own'}"] = os.getloadavg()
+            log(f"fleet: {replicas} x {tree.label}, {'one shared folder' if shared else 'own folders'}")
+            results.fleets.append(
+                await fleet.run(
+                    tree=tree,
+                    shared=shared,
+                    replicas=replicas,
+                    keycloak_url=bench.server.url,
+                    keycloak_port=bench.server.http_port,
+                    admin=bench.server.admin(),
+                    work=bench.work,
+                )
+            )
+
+
+# Each figure's step, run in the order of FIGURES; each notes the load before it.
+_STEPS: dict[str, Callable[[_Bench, Results], Awaitable[None]]] = {
+    "startup": _startup,
+    "cost": _cost,
+    "economy": _economy,
+    "lag": _lag,
+    "fleet": _fleet,
+}
 
 
 def _a_saved_file(folder: Path) -> Path:

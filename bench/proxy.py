@@ -161,67 +161,93 @@ class Proxy:
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
-        upstream: asyncio.StreamWriter | None = None
-        pump: asyncio.Task[None] | None = None
-        waiting: deque[Request] = deque()
+        link = _Link(writer)
         try:
-            while True:
-                try:
-                    head = await reader.readuntil(b"\r\n\r\n")
-                    headers = _headers(head)
-                    body = await _read_body(reader, headers, until_eof=False)
-                except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError, ValueError):
-                    break
+            while (message := await _read_request(reader)) is not None:
+                head, body = message
                 method, _, rest = head.partition(b" ")
                 request = Request(time.monotonic(), method.decode("latin-1"), rest.split(b" ", 1)[0].decode("latin-1"))
                 self.requests.append(request)
                 if self.mode != "forward":
-                    request.status, request.local = self.answer_status, True
-                    reason = _REASONS.get(self.answer_status, "Not Ready")
-                    writer.write(f"HTTP/1.1 {self.answer_status} {reason}\r\nContent-Length: 0\r\n\r\n".encode())
-                    await writer.drain()
+                    await self._answer(request, writer)
                     continue
-                if upstream is None:
-                    up_reader, upstream = await asyncio.open_connection(LOOPBACK, self.upstream_port)
-                    pump = asyncio.create_task(self._pump(up_reader, writer, waiting))
-                waiting.append(request)
                 if self.rewrite_host:
                     head = _HOST.sub(f"\r\nHost: {LOOPBACK}:{self.upstream_port}\r\n".encode(), head, count=1)
-                upstream.write(head + body)
-                await upstream.drain()
-            if pump is not None and waiting:
-                # The client stopped sending; let the answers it is still owed arrive.
-                with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-                    await asyncio.wait_for(asyncio.shield(pump), timeout=30)
+                await link.send(request, head + body, self.upstream_port)
+            await link.finish()
         except (ConnectionError, OSError):
             pass
         finally:
-            if pump is not None:
-                pump.cancel()
-            for stream in (upstream, writer):
-                if stream is not None:
-                    stream.close()
+            link.close()
             self._tasks.discard(task)
 
-    @staticmethod
-    async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, waiting: deque[Request]) -> None:
-        """Keycloak's answers back to the client, each matched to the request it answers."""
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                status = int(head.split(b" ", 2)[1])
-                headers = _headers(head)
-                request = waiting[0] if waiting else None
-                no_body = status < 200 or status in (204, 304) or (request is not None and request.method == "HEAD")
-                body = b"" if no_body else await _read_body(reader, headers, until_eof=True)
-                if status >= 200 and waiting:
-                    waiting.popleft().status = status
-                writer.write(head + body)
-                await writer.drain()
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError, ValueError, IndexError):
-            pass
-        finally:
-            writer.close()
+    async def _answer(self, request: Request, writer: asyncio.StreamWriter) -> None:
+        """Not ready: answer with ``answer_status`` here, without Keycloak."""
+        request.status, request.local = self.answer_status, True
+        reason = _REASONS.get(self.answer_status, "Not Ready")
+        writer.write(f"HTTP/1.1 {self.answer_status} {reason}\r\nContent-Length: 0\r\n\r\n".encode())
+        await writer.drain()
+
+
+async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, waiting: deque[Request]) -> None:
+    """Keycloak's answers back to the client, each matched to the request it answers."""
+    try:
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            status = int(head.split(b" ", 2)[1])
+            headers = _headers(head)
+            request = waiting[0] if waiting else None
+            no_body = status < 200 or status in (204, 304) or (request is not None and request.method == "HEAD")
+            body = b"" if no_body else await _read_body(reader, headers, until_eof=True)
+            if status >= 200 and waiting:
+                waiting.popleft().status = status
+            writer.write(head + body)
+            await writer.drain()
+    except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError, ValueError, IndexError):
+        pass
+    finally:
+        writer.close()
+
+
+async def _read_request(reader: asyncio.StreamReader) -> tuple[bytes, bytes] | None:
+    """The next request's head and body as sent; None when the client is done (or sends something broken)."""
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+        body = await _read_body(reader, _headers(head), until_eof=False)
+    except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError, ValueError):
+        return None
+    return head, body
+
+
+@dataclass
+class _Link:
+    """One client connection's way to Keycloak: opened on its first forwarded request, kept for the rest."""
+
+    writer: asyncio.StreamWriter  # to the client
+    upstream: asyncio.StreamWriter | None = None
+    pump: asyncio.Task[None] | None = None
+    waiting: deque[Request] = field(default_factory=deque)  # forwarded, not answered yet
+
+    async def send(self, request: Request, raw: bytes, port: int) -> None:
+        if self.upstream is None:
+            up_reader, self.upstream = await asyncio.open_connection(LOOPBACK, port)
+            self.pump = asyncio.create_task(_pump(up_reader, self.writer, self.waiting))
+        self.waiting.append(request)
+        self.upstream.write(raw)
+        await self.upstream.drain()
+
+    async def finish(self) -> None:
+        """The client stopped sending; let the answers it is still owed arrive."""
+        if self.pump is not None and self.waiting:
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(self.pump), timeout=30)
+
+    def close(self) -> None:
+        if self.pump is not None:
+            self.pump.cancel()
+        for stream in (self.upstream, self.writer):
+            if stream is not None:
+                stream.close()
 
 
 def summarize(requests: Iterable[Request]) -> list[str]:

@@ -15,16 +15,14 @@ shared machine hits every tool alike. Wall, CPU (user + sys) and peak RSS come f
 ``economy`` counts the requests each job sends (through the counting proxy). Numbers only: nothing
 here asserts a time.
 
-    .venv/bin/python -m bench.register --rounds 5
+    .venv/bin/python -m bench --only cost --only economy --rounds 5
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import random
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,17 +130,3 @@ async def economy(
         return {name: seen[name] for name in sorted(seen, key=_order)}
     finally:
         await proxy.close()
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Only this figure, against a Keycloak of its own (``python -m bench`` runs everything)."""
-    from .main import main as whole
-
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=5)
-    args = parser.parse_args(argv)
-    return whole(["--only", "cost", "--only", "economy", "--rounds", str(args.rounds)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

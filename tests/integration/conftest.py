@@ -10,13 +10,6 @@ from tests.conftest import base_env
 HERE = Path(__file__).parent
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Everything under tests/integration needs the real Keycloak: `pytest -m "not integration"` skips it."""
-    for item in items:
-        if HERE in Path(str(item.fspath)).parents:
-            item.add_marker(pytest.mark.integration)
-
-
 @pytest.fixture
 def env(keycloak: KeycloakServer, admin: Admin, realm: str, tmp_path: Path) -> dict[str, str]:
     """Settings for one run against the test's realm, with a fresh single-use initial access token."""

@@ -16,8 +16,6 @@ import pytest
 from harness.keycloak import ROOT, Admin, KeycloakServer, free_port
 from harness.process import group_alive
 
-pytestmark = pytest.mark.integration
-
 
 def _register(url: str, token: str) -> int:
     request = urllib.request.Request(
@@ -48,6 +46,7 @@ def test_initial_access_token_registers_exactly_once(keycloak: KeycloakServer, a
     assert (first, second) == (201, 401)
 
 
+@pytest.mark.keycloak  # starts a Keycloak of its own
 def test_keycloak_dies_with_its_owner_even_on_sigkill(tmp_path: object) -> None:
     """SIGKILL of the process that started Keycloak still ends every Keycloak process."""
     script = (

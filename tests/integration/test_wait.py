@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from harness.keycloak import KeycloakServer, client_credentials_token, free_port
 from harness.process import group_alive
 from tests.conftest import base_env, run_cli
@@ -51,6 +53,7 @@ def test_never_started_server_exits_with_timeout_code_within_the_deadline(tmp_pa
     assert elapsed < 4 + 2 + 5
 
 
+@pytest.mark.keycloak  # starts a Keycloak of its own
 def test_keycloak_started_20_s_after_the_bootstrap_is_waited_for(tmp_path: Path) -> None:
     """The bootstrap starts first; Keycloak 20 s later; the bootstrap waits, registers and exits 0."""
     server = KeycloakServer()

@@ -20,8 +20,6 @@ from harness.keycloak import Admin
 from tests.conftest import Result
 from tests.kube.pods import LEASE, SECRET, Cluster, last_events, run_at_once
 
-pytestmark = pytest.mark.integration
-
 
 def _digest(secret: str) -> str:
     """A secret's stand-in for assertions: pytest prints compared values when an assert fails."""

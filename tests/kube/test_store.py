@@ -17,8 +17,6 @@ from harness.kube import KubeServer
 from tests.conftest import base_env, run_cli
 from tests.kube.pods import ACCOUNT, LEASE, SECRET, account_kubeconfig, apply_shared_rbac
 
-pytestmark = pytest.mark.integration
-
 REGISTRATION = {"client_id": "c-1", "client_secret": "s3cr3t-value", "issuer": "http://127.0.0.1/realms/x"}
 
 
