@@ -48,6 +48,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub.add_parser("show", help="print the saved registration, secrets redacted")
     sub.add_parser("delete", help="delete the client on the server (RFC 7592) and remove the file")
+    backup = sub.add_parser("backup", help="copy the saved registration into DIR (mode 0600, a timestamped name)")
+    backup.add_argument("dir", type=Path, metavar="DIR", help="the folder to copy it into (created 0700)")
+    restore = sub.add_parser(
+        "restore", help="make FILE (a backup) the saved registration, after checking it belongs to this issuer"
+    )
+    restore.add_argument("file", type=Path, metavar="FILE", help="a backup written by 'backup'")
     mint = sub.add_parser(
         "initial-token",
         help="mint a Keycloak initial access token with admin credentials (KEYCLOAK_ADMIN_USERNAME/PASSWORD)",

@@ -91,6 +91,38 @@ async def _delete(settings: Settings, _: argparse.Namespace) -> None:
     await flow.delete(settings)
 
 
+async def _backup(settings: Settings, args: argparse.Namespace) -> None:
+    """A copy of the saved registration in DIR: 0600, written atomically, named for when it was taken."""
+    path = settings.dcr_client_file
+    async with store.locked(path, Deadline(settings.dcr_wait_timeout).remaining):
+        saved = _saved(settings)
+        target = args.dir / f"{path.name}.{store.stamp()}.json"
+        store.probe_writable(target)
+        store.write_private(target, store.file_bytes(saved))
+    logger.info("Registration backed up", path=str(target), client_id=saved.client_id, issuer=saved.issuer)
+
+
+async def _restore(settings: Settings, args: argparse.Namespace) -> None:
+    """FILE becomes the saved registration, if it is one of this issuer; the file it replaces is kept aside."""
+    settings.check_server()
+    backup = store.load_backup(args.file)
+    issuer = (backup.issuer or "").rstrip("/")
+    if issuer != settings.expected_issuer.rstrip("/"):
+        raise ConfigError(
+            f"{args.file} holds a registration of {backup.issuer or 'an unnamed issuer'}, not of "
+            f"{settings.expected_issuer}; it was not restored. Restore a backup of this server, or point "
+            "DCR_ISSUER/KEYCLOAK_URL at the server it belongs to."
+        )
+    path = settings.dcr_client_file
+    async with store.locked(path, Deadline(settings.dcr_wait_timeout).remaining):
+        store.probe_writable(path, settings.dcr_env_file)
+        kept = store.backup(path) if store.read(path) is not None else None
+        store.save(path, backup, settings.dcr_env_file, settings.file_mode)
+    logger.info(
+        "Registration restored", path=str(path), client_id=backup.client_id, replaced=str(kept) if kept else None
+    )
+
+
 async def _initial_token(settings: Settings, args: argparse.Namespace) -> None:
     if not (settings.keycloak_url and settings.keycloak_realm):
         raise ConfigError("initial-token needs KEYCLOAK_URL and KEYCLOAK_REALM; set both.")
@@ -128,6 +160,8 @@ COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], Awaitable[None]]] =
     "env": _env,
     "show": _show,
     "delete": _delete,
+    "backup": _backup,
+    "restore": _restore,
     "initial-token": _initial_token,
 }
 

@@ -82,6 +82,7 @@ def wanted_metadata(settings: Settings) -> ClientMetadata:
         # RFC 7591 §2.1: response_types follow grant_types; client_credentials needs none.
         response_types=["code"] if "authorization_code" in grants else [],
         token_endpoint_auth_method=settings.dcr_token_endpoint_auth_method,
+        application_type=settings.dcr_application_type,
         scope=settings.dcr_scope,
         contacts=settings.dcr_contacts or None,
         software_id=settings.dcr_software_id,
@@ -212,7 +213,7 @@ def _merge(
 
 
 def _save(ctx: _Run, saved: SavedRegistration) -> None:
-    store.save(ctx.settings.dcr_client_file, saved, ctx.settings.dcr_env_file)
+    store.save(ctx.settings.dcr_client_file, saved, ctx.settings.dcr_env_file, ctx.settings.file_mode)
 
 
 # --- a new client ---

@@ -765,7 +765,7 @@ async def _write_local(settings: Settings, registration_: SavedRegistration, dea
     path, env_file = settings.dcr_client_file, settings.dcr_env_file
     async with store.locked(path, deadline.remaining):
         store.probe_writable(path, env_file)
-        store.save(path, registration_, env_file)
+        store.save(path, registration_, env_file, settings.file_mode)
 
 
 async def _shared_run(settings: Settings, kube: KubeStore, deadline: Deadline) -> flow.Outcome:

@@ -44,6 +44,8 @@ class ClientMetadata(BaseModel):
     redirect_uris: list[str] = Field(default_factory=list)
     response_types: list[str] = Field(default_factory=list)
     token_endpoint_auth_method: str
+    # OpenID Connect Registration §2; MCP's authorization spec asks DCR clients to send it.
+    application_type: str | None = None
     scope: str | None = None
     contacts: list[str] | None = None
     software_id: str | None = None

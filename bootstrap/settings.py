@@ -199,6 +199,11 @@ class Settings(BaseSettings):
 
     # --- output ---
     dcr_client_file: Path = Field(Path(DEFAULT_CLIENT_FILE), description="Credentials file (JSON, mode 0600).")
+    dcr_file_mode: Literal["0600", "0640", "0440", "0400"] = Field(
+        "0600",
+        description="Mode of the credentials file and the env file. 0640 or 0440 let a server running as another "
+        "uid in the volume's group (fsGroup) read them; never world-readable.",
+    )
     dcr_env_file: Path | None = Field(
         None,
         description="Also write KEYCLOAK_CLIENT_ID=/KEYCLOAK_CLIENT_SECRET= lines here (mode 0600; safe to source "
@@ -213,6 +218,11 @@ class Settings(BaseSettings):
     dcr_grant_types: CsvList = Field(["client_credentials"], description="Comma-separated grant_types.")
     dcr_redirect_uris: CsvList = Field([], description="Comma-separated redirect_uris (none by default).")
     dcr_token_endpoint_auth_method: str = Field("client_secret_basic", description="token_endpoint_auth_method.")
+    dcr_application_type: Literal["web", "native"] = Field(
+        "web",
+        description="application_type (OpenID Connect Registration): web for a confidential server-side client, "
+        "as MCP's authorization spec asks DCR clients to say; native for one on a user's device.",
+    )
     dcr_scope: str | None = Field(None, description="Space-separated scope to request (server default if unset).")
     dcr_contacts: CsvList = Field([], description="Comma-separated contacts.")
     dcr_software_id: str | None = Field(None, description="software_id.")
@@ -286,6 +296,11 @@ class Settings(BaseSettings):
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
         return _check_url(value) if value else None
+
+    @field_validator("dcr_file_mode", mode="before")
+    @classmethod
+    def _octal(cls, value: object) -> object:
+        return f"0{value}" if isinstance(value, str) and re.fullmatch(r"[0-7]{3}", value) else value
 
     @field_validator("dcr_k8s_secret", "dcr_k8s_lease", "dcr_k8s_namespace")
     @classmethod
@@ -407,6 +422,10 @@ class Settings(BaseSettings):
             return None
         parts = urlsplit(self.dcr_issuer)
         return f"{parts.scheme}://{parts.netloc}"
+
+    @property
+    def file_mode(self) -> int:
+        return int(self.dcr_file_mode, 8)
 
     @property
     def client_name(self) -> str:

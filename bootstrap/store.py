@@ -93,13 +93,19 @@ def load(path: Path) -> SavedRegistration | None:
         ) from None
 
 
-def write_private(path: Path, data: bytes) -> None:
-    """Atomically replace ``path`` with ``data``; the file is 0600 from its first byte."""
-    write_private_many([(path, data)])
+# The modes DCR_FILE_MODE may give the credentials (and env) file: never world-readable, never writable by
+# others. Group read lets a server of another uid in the volume's group (fsGroup) read it.
+FILE_MODES = frozenset({0o600, 0o640, 0o440, 0o400})
 
 
-def write_private_many(files: Sequence[tuple[Path, bytes]]) -> None:
+def write_private(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Atomically replace ``path`` with ``data``; the file is 0600 from its first byte, ``mode`` when it lands."""
+    write_private_many([(path, data)], mode)
+
+
+def write_private_many(files: Sequence[tuple[Path, bytes]], mode: int = 0o600) -> None:
     """Write every temp file first, then rename them all: a full disk fails before any target changes."""
+    assert mode in FILE_MODES, f"{mode:o} is not a mode for credentials"
     temps: list[tuple[Path, Path]] = []
     current = files[0][0]
     try:
@@ -113,6 +119,8 @@ def write_private_many(files: Sequence[tuple[Path, bytes]]) -> None:
                 view = memoryview(data)
                 while view:
                     view = view[os.write(fd, view) :]
+                if mode != 0o600:
+                    os.fchmod(fd, mode)  # exactly this, whatever the umask; still under the temp name
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -158,15 +166,39 @@ def env_lines(registration: SavedRegistration) -> bytes:
     return f"KEYCLOAK_CLIENT_ID={registration.client_id}\nKEYCLOAK_CLIENT_SECRET={secret}\n".encode()
 
 
-def save(path: Path, registration: SavedRegistration, env_file: Path | None = None) -> None:
-    files = [(path, (json.dumps(registration.to_file(), indent=2) + "\n").encode())]
+def file_bytes(registration: SavedRegistration) -> bytes:
+    """The credentials file's content: the seed's format, secrets in clear (only ever written 0600 or mode)."""
+    return (json.dumps(registration.to_file(), indent=2) + "\n").encode()
+
+
+def save(path: Path, registration: SavedRegistration, env_file: Path | None = None, mode: int = 0o600) -> None:
+    """The credentials file (and env file), with ``mode`` (DCR_FILE_MODE); both replaced or neither."""
+    files = [(path, file_bytes(registration))]
     if env_file is not None:
         files.append((env_file, env_lines(registration)))
-    write_private_many(files)
+    write_private_many(files, mode)
 
 
 def save_pending(path: Path, registration: SavedRegistration) -> None:
-    write_private(pending_path(path), (json.dumps(registration.to_file(), indent=2) + "\n").encode())
+    write_private(pending_path(path), file_bytes(registration))
+
+
+def load_backup(path: Path) -> SavedRegistration:
+    """A backup to restore: any regular file the operator names (not a link), holding a valid registration."""
+    try:
+        raw = read_own(path, owners=frozenset({os.geteuid(), 0}))
+    except FileNotFoundError:
+        raise StorageError(f"{path} does not exist; name a file written by 'dcr-bootstrap backup'.") from None
+    except Untrusted as exc:
+        raise _not_ours(exc) from None
+    except OSError as exc:
+        raise StorageError(f"Cannot read {path} ({exc.strerror}).") from None
+    try:
+        return SavedRegistration.model_validate(json.loads(raw))
+    except (ValueError, ValidationError):
+        raise StorageError(
+            f"{path} is not a registration written by 'dcr-bootstrap backup'; nothing restored."
+        ) from None
 
 
 def load_pending(path: Path) -> SavedRegistration | None:
@@ -215,10 +247,14 @@ def save_intents(path: Path, intents: Sequence[Intent]) -> None:
     write_private(intent_path(path), body.encode())
 
 
+def stamp() -> str:
+    """Now, in UTC, as it goes into the names of backups (sorts by time)."""
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+
+
 def backup(path: Path) -> Path:
     """Copy ``path`` to a timestamped 0600 file beside it, so that nothing we replace is lost."""
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
-    target = path.with_name(f"{path.name}.{stamp}.bak")
+    target = path.with_name(f"{path.name}.{stamp()}.bak")
     data = read(path)
     if data is None:
         raise StorageError(f"Cannot back up {path}: it is gone; check what else writes to {_directory(path)}.")
