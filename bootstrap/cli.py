@@ -58,10 +58,24 @@ def _parser() -> argparse.ArgumentParser:
         "initial-token",
         help="mint a Keycloak initial access token with admin credentials (KEYCLOAK_ADMIN_USERNAME/PASSWORD)",
     )
-    mint.add_argument("--count", type=int, default=1, help="how many registrations it allows (default 1)")
-    mint.add_argument("--expiration", type=int, default=3600, help="lifetime in seconds (default 3600)")
+    _token_options(mint)
     mint.add_argument("--output", type=Path, help="write it to this file (mode 0600) instead of stdout")
+    setup = sub.add_parser(
+        "setup", help="static -> DCR: mint an initial access token and switch the .env to DCR (a backup first)"
+    )
+    setup.add_argument("--env-file", type=Path, default=Path(".env"), help="the .env to edit (default .env)")
+    setup.add_argument("--renew", action="store_true", help="mint a new token even if the .env has one")
+    _token_options(setup)
+    static = sub.add_parser(
+        "to-static", help="DCR -> static: keep the current client as KEYCLOAK_CLIENT_ID/SECRET in the .env"
+    )
+    static.add_argument("--env-file", type=Path, default=Path(".env"), help="the .env to edit (default .env)")
     return parser
+
+
+def _token_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--count", type=int, default=1, help="how many registrations it allows (default 1)")
+    parser.add_argument("--expiration", type=int, default=3600, help="lifetime in seconds (default 3600)")
 
 
 def run(argv: Sequence[str] | None = None) -> int:

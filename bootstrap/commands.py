@@ -11,7 +11,7 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable
 
-from . import flow, keycloak, log, quick, store
+from . import envfile, flow, keycloak, log, quick, store
 from .errors import BootstrapError, ConfigError, ExitCode, StorageError
 from .models import SavedRegistration
 from .settings import Settings, ignored_env_files, load_settings
@@ -123,24 +123,33 @@ async def _restore(settings: Settings, args: argparse.Namespace) -> None:
     )
 
 
-async def _initial_token(settings: Settings, args: argparse.Namespace) -> None:
+def _admin_access(settings: Settings, command: str) -> keycloak.AdminAccess:
     if not (settings.keycloak_url and settings.keycloak_realm):
-        raise ConfigError("initial-token needs KEYCLOAK_URL and KEYCLOAK_REALM; set both.")
-    if not (settings.keycloak_admin_username and settings.keycloak_admin_password):
+        raise ConfigError(f"{command} needs KEYCLOAK_URL and KEYCLOAK_REALM; set both.")
+    access = settings.keycloak_admin()
+    if access is None:
         raise ConfigError(
-            "initial-token needs KEYCLOAK_ADMIN_USERNAME and KEYCLOAK_ADMIN_PASSWORD "
+            f"{command} needs KEYCLOAK_ADMIN_USERNAME and KEYCLOAK_ADMIN_PASSWORD "
             "(or KEYCLOAK_ADMIN_PASSWORD_FILE); set both."
         )
-    if args.output is not None:
-        store.probe_writable(args.output)
-    access = settings.keycloak_admin()
-    assert access is not None  # every part was checked above
+    return access
+
+
+async def _mint(settings: Settings, access: keycloak.AdminAccess, count: int, expiration: int) -> str:
     deadline = Deadline(settings.dcr_wait_timeout)
     async with flow.transport_for(settings, deadline) as transport:
         token = await keycloak.initial_access_token(
-            transport, flow.policy_for(settings, deadline), access, count=args.count, expiration=args.expiration
+            transport, flow.policy_for(settings, deadline), access, count=count, expiration=expiration
         )
     log.register_secrets(token)
+    return token
+
+
+async def _initial_token(settings: Settings, args: argparse.Namespace) -> None:
+    access = _admin_access(settings, "initial-token")
+    if args.output is not None:
+        store.probe_writable(args.output)
+    token = await _mint(settings, access, args.count, args.expiration)
     if args.output:
         store.write_private(args.output, (token + "\n").encode())
         logger.info(
@@ -153,6 +162,54 @@ async def _initial_token(settings: Settings, args: argparse.Namespace) -> None:
         sys.stdout.write(token + "\n")
 
 
+# The static credentials the seed's server reads; 'setup' comments them out, 'to-static' writes them.
+_STATIC = ("KEYCLOAK_CLIENT_ID", "KEYCLOAK_CLIENT_SECRET")
+
+
+async def _setup(settings: Settings, args: argparse.Namespace) -> None:
+    """The migration guide's static -> DCR step: mint an initial access token and switch the .env to DCR."""
+    env = envfile.load(args.env_file)
+    if env.get("USE_DCR") == "true" and env.get("DCR_INITIAL_ACCESS_TOKEN") and not args.renew:
+        logger.info(
+            "The .env is set up for DCR already; nothing changed (--renew mints a new token)", path=str(env.path)
+        )
+        return
+    access = _admin_access(settings, "setup")
+    token = await _mint(settings, access, args.count, args.expiration)
+    text = env.edited({"USE_DCR": "true", "DCR_INITIAL_ACCESS_TOKEN": token}, comment_out=frozenset(_STATIC))
+    kept = envfile.replace(env, text)
+    logger.info("The .env now uses DCR", path=str(env.path), backup=str(kept), count=args.count)
+
+
+async def _to_static(settings: Settings, args: argparse.Namespace) -> None:
+    """The migration guide's DCR -> static step: keep the current client, as static credentials in the .env."""
+    env = envfile.load(args.env_file)
+    path = settings.dcr_client_file
+    async with store.locked(path, Deadline(settings.dcr_wait_timeout).remaining):
+        saved = store.load(path)
+        if saved is None:
+            if env.get("USE_DCR") == "false" and all(env.get(key) for key in _STATIC):
+                logger.info("The .env holds static credentials already; nothing changed", path=str(env.path))
+                return
+            raise StorageError(
+                f"No saved registration at {path} to keep; set DCR_CLIENT_FILE to the file the server uses."
+            )
+        secret = saved.client_secret.get_secret_value() if saved.client_secret else ""
+        if not (store.env_safe(saved.client_id) and store.env_safe(secret)):
+            raise StorageError(
+                "The client's id or secret has characters a .env line cannot carry unquoted; nothing was changed."
+            )
+        values = {"USE_DCR": "false", "KEYCLOAK_CLIENT_ID": saved.client_id, "KEYCLOAK_CLIENT_SECRET": secret}
+        kept = envfile.replace(env, env.edited(values, comment_out=frozenset({"DCR_INITIAL_ACCESS_TOKEN"})))
+        store.remove(path, settings.dcr_env_file)
+    logger.info(
+        "The .env now holds the client as static credentials; the registration file is removed",
+        path=str(env.path),
+        backup=str(kept),
+        client_id=saved.client_id,
+    )
+
+
 COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], Awaitable[None]]] = {
     "run": _run,
     "wait": _wait,
@@ -163,6 +220,8 @@ COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], Awaitable[None]]] =
     "backup": _backup,
     "restore": _restore,
     "initial-token": _initial_token,
+    "setup": _setup,
+    "to-static": _to_static,
 }
 
 

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import aiohttp
 
@@ -169,13 +169,8 @@ class KubeApi:
 
     def check(self, *, allow_http: bool = False) -> KubeApi:
         """Refuse, before any request, a server the bearer token must not be sent to; warn when TLS is off."""
-        parts = urlsplit(self.server)
-        if parts.scheme not in ("http", "https") or not parts.hostname or parts.username or parts.query:
-            raise ConfigError(
-                f"The Kubernetes API server {printable(self.server, 200)!r} is not an http(s) URL of a host; fix "
-                "the kubeconfig's cluster server (or KUBERNETES_SERVICE_HOST)."
-            )
-        if parts.scheme == "http" and not allow_http and not _loopback(parts.hostname):
+        parts = _server_url(self.server)
+        if parts.scheme == "http" and not allow_http and not _loopback(parts.hostname or ""):
             raise ConfigError(
                 f"The Kubernetes API server {self.server} is plain http and not on loopback: its bearer token and "
                 "the Secret would cross the network unencrypted, so nothing was sent. Use https, or set "
@@ -230,6 +225,17 @@ def _ca_data(value: object, config: Path) -> bytes | None:
         return base64.b64decode(str(value), validate=True)
     except ValueError:
         raise StorageError(f"kubeconfig {config}: certificate-authority-data is not base64") from None
+
+
+def _server_url(server: str) -> SplitResult:
+    """The API server's URL, parsed, if it is an http(s) URL of a host with nothing else in it."""
+    parts = urlsplit(server)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.username or parts.query:
+        raise ConfigError(
+            f"The Kubernetes API server {printable(server, 200)!r} is not an http(s) URL of a host; fix "
+            "the kubeconfig's cluster server (or KUBERNETES_SERVICE_HOST)."
+        )
+    return parts
 
 
 def _current(config: dict[str, Any], path: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:

@@ -28,6 +28,7 @@ import secrets
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypeVar
 
 from pydantic import ValidationError
 
@@ -37,6 +38,7 @@ from .log import get_logger
 from .models import Intent, SavedRegistration
 
 log = get_logger()
+T = TypeVar("T")
 
 # What an env file may carry unquoted so that `.`/`source`, `docker --env-file` and systemd all read the
 # same value and nothing is expanded: no quotes, $, `, \, spaces, ~, globs or line breaks.
@@ -112,18 +114,7 @@ def write_private_many(files: Sequence[tuple[Path, bytes]], mode: int = 0o600) -
         for current, data in files:
             # A random name: in containers the PID repeats across runs, so a PID-named leftover would block O_EXCL.
             tmp = _directory(current) / f".{current.name}.{secrets.token_hex(6)}.tmp"
-            # Created 0600 (a umask can only narrow it): private from its first byte, no chmod afterwards.
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-            temps.append((tmp, current))
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-                if mode != 0o600:
-                    os.fchmod(fd, mode)  # exactly this, whatever the umask; still under the temp name
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            _write_new(tmp, data, mode, temps.append, (tmp, current))
         for tmp, target in temps:
             current = target
             check_own(target)  # never replace what another user (or a link) put at our name
@@ -142,6 +133,21 @@ def write_private_many(files: Sequence[tuple[Path, bytes]], mode: int = 0o600) -
         ) from None
 
 
+def _write_new(tmp: Path, data: bytes, mode: int, created: Callable[[T], None], token: T) -> None:
+    """Create ``tmp`` 0600 with O_EXCL (private from its first byte), fill it, give it ``mode``, fsync it."""
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    created(token)  # from here on the caller removes it if anything fails
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        if mode != 0o600:
+            os.fchmod(fd, mode)  # exactly this, whatever the umask; still under the temp name
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _fsync_dir(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -153,11 +159,16 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def env_safe(value: str) -> bool:
+    """Whether ``value`` reads the same, unquoted, in sh, docker --env-file, systemd and python-dotenv."""
+    return _ENV_SAFE.fullmatch(value) is not None
+
+
 def env_lines(registration: SavedRegistration) -> bytes:
     """KEYCLOAK_CLIENT_ID/SECRET lines that sourcing sets to exactly these values and that run nothing."""
     secret = registration.client_secret.get_secret_value() if registration.client_secret else ""
     for name, value in (("client_id", registration.client_id), ("client_secret", secret)):
-        if not _ENV_SAFE.fullmatch(value):
+        if not env_safe(value):
             raise StorageError(
                 f"The {name} the server issued has characters an env file cannot carry safely (quotes, $, "
                 "spaces or control characters), so no env file was written. Unset DCR_ENV_FILE and read the "

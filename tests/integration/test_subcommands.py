@@ -1,4 +1,4 @@
-"""The operations subcommands: show, delete, wait, initial-token."""
+"""The operations subcommands: show, delete, wait, initial-token, setup."""
 
 from __future__ import annotations
 
@@ -115,3 +115,32 @@ def test_watch_with_delete_on_exit_deletes_its_client_on_sigterm(
     assert len(admin.clients(realm)) == before
     assert not creds_file.exists()
     assert '"on_server": true' in stderr
+
+
+def test_setup_switches_a_static_dotenv_to_dcr_with_a_token_that_registers(
+    keycloak: KeycloakServer, admin: Admin, realm: str, env: dict[str, str], tmp_path: Path
+) -> None:
+    """'setup': a .env.backup, USE_DCR=true, a fresh initial access token, static lines commented out, 0600."""
+    env.pop("DCR_INITIAL_ACCESS_TOKEN")
+    dotenv = tmp_path / "app" / ".env"
+    dotenv.parent.mkdir()
+    original = "# app\nUSE_DCR=false\nKEYCLOAK_CLIENT_ID=old\nKEYCLOAK_CLIENT_SECRET=old-secret\nPORT=8000\n"
+    dotenv.write_text(original)
+    admin_env = env | {"KEYCLOAK_ADMIN_USERNAME": "admin", "KEYCLOAK_ADMIN_PASSWORD": keycloak.admin_password}
+    result = run_cli(admin_env, "setup", "--env-file", str(dotenv))
+    assert result.code == 0, result.stderr
+    lines = dotenv.read_text().splitlines()
+    token = next(line.split("=", 1)[1] for line in lines if line.startswith("DCR_INITIAL_ACCESS_TOKEN="))
+    assert lines[:6] == [
+        "# app",
+        "USE_DCR=true",
+        "# KEYCLOAK_CLIENT_ID=old",
+        "# KEYCLOAK_CLIENT_SECRET=old-secret",
+        "PORT=8000",
+        f"DCR_INITIAL_ACCESS_TOKEN={token}",
+    ]
+    assert (dotenv.parent / ".env.backup").read_text() == original
+    assert stat.S_IMODE(dotenv.stat().st_mode) == 0o600
+    result.assert_clean(token, keycloak.admin_password)
+    registered = run_cli(env | {"DCR_INITIAL_ACCESS_TOKEN": token})
+    assert registered.code == 0, registered.stderr

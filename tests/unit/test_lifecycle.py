@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from bootstrap import cli, flow, store
+from bootstrap import cli, envfile, flow, store
 from bootstrap.errors import ConfigError, ExitCode
 from bootstrap.models import SavedRegistration
 from bootstrap.settings import load_settings
@@ -115,3 +115,65 @@ def test_restore_of_a_file_that_is_not_a_registration_is_a_storage_error(creds: 
     before = creds.read_bytes()
     assert cli.run(["restore", str(junk)]) == ExitCode.STORAGE
     assert creds.read_bytes() == before
+
+
+# --- the migration guide as commands ---
+
+STATIC_ENV = (
+    "# the server's settings\nKEYCLOAK_URL=http://kc:8080\nUSE_DCR=false\nKEYCLOAK_CLIENT_ID=old\n"
+    "KEYCLOAK_CLIENT_SECRET=old-secret\nLOG_LEVEL=debug\n"
+)
+
+
+def test_an_edit_sets_keys_in_place_comments_out_others_and_keeps_every_other_line(tmp_path: Path) -> None:
+    """Named keys change where they stand; other lines (comments, unknown keys) stay byte for byte."""
+    (tmp_path / ".env").write_text(STATIC_ENV)
+    env = envfile.load(tmp_path / ".env")
+    text = env.edited({"USE_DCR": "true", "DCR_INITIAL_ACCESS_TOKEN": "t"}, frozenset({"KEYCLOAK_CLIENT_SECRET"}))
+    assert text == (
+        "# the server's settings\nKEYCLOAK_URL=http://kc:8080\nUSE_DCR=true\nKEYCLOAK_CLIENT_ID=old\n"
+        "# KEYCLOAK_CLIENT_SECRET=old-secret\nLOG_LEVEL=debug\nDCR_INITIAL_ACCESS_TOKEN=t\n"
+    )
+
+
+@pytest.mark.parametrize("command", ["setup", "to-static"])
+def test_a_dotenv_that_does_not_parse_is_refused_and_left_untouched(creds: Path, tmp_path: Path, command: str) -> None:
+    """A .env with a line python-dotenv cannot read: exit 2, the file and its folder unchanged."""
+    dotenv = tmp_path / ".env"
+    dotenv.write_text("USE_DCR=false\nthis is not a setting\n")
+    assert cli.run([command, "--env-file", str(dotenv)]) == ExitCode.CONFIG
+    assert dotenv.read_text() == "USE_DCR=false\nthis is not a setting\n"
+    assert not (tmp_path / ".env.backup").exists()
+
+
+def test_to_static_keeps_the_client_in_the_dotenv_and_removes_the_registration(creds: Path, tmp_path: Path) -> None:
+    """'to-static' writes USE_DCR=false and the saved id and secret, backs the .env up, removes the file."""
+    dotenv = tmp_path / ".env"
+    dotenv.write_text("USE_DCR=true\nDCR_INITIAL_ACCESS_TOKEN=iat-value\nLOG_LEVEL=debug\n")
+    assert cli.run(["to-static", "--env-file", str(dotenv)]) == ExitCode.OK
+    assert dotenv.read_text() == (
+        "USE_DCR=false\n# DCR_INITIAL_ACCESS_TOKEN=iat-value\nLOG_LEVEL=debug\n"
+        "KEYCLOAK_CLIENT_ID=c-1\nKEYCLOAK_CLIENT_SECRET=s-1-value\n"
+    )
+    assert _mode(dotenv) == 0o600 and (tmp_path / ".env.backup").read_text().startswith("USE_DCR=true\n")
+    assert not creds.exists()
+
+
+def test_to_static_twice_changes_nothing_the_second_time(creds: Path, tmp_path: Path) -> None:
+    """Run again, 'to-static' finds the static credentials in place and leaves everything as it is."""
+    dotenv = tmp_path / ".env"
+    dotenv.write_text("USE_DCR=true\n")
+    cli.run(["to-static", "--env-file", str(dotenv)])
+    after = dotenv.read_text()
+    assert cli.run(["to-static", "--env-file", str(dotenv)]) == ExitCode.OK
+    assert dotenv.read_text() == after
+
+
+def test_setup_on_a_dotenv_set_up_already_changes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """'setup' twice: the second finds USE_DCR=true and a token, mints nothing and writes nothing."""
+    dotenv = tmp_path / ".env"
+    dotenv.write_text("USE_DCR=true\nDCR_INITIAL_ACCESS_TOKEN=iat-value\n")
+    monkeypatch.setenv("DCR_CLIENT_FILE", str(tmp_path / "creds" / "c.json"))
+    assert cli.run(["setup", "--env-file", str(dotenv)]) == ExitCode.OK  # no Keycloak needed: nothing to do
+    assert dotenv.read_text() == "USE_DCR=true\nDCR_INITIAL_ACCESS_TOKEN=iat-value\n"
+    assert not (tmp_path / ".env.backup").exists()
