@@ -18,8 +18,7 @@ from pathlib import Path
 from dotenv.parser import Binding, parse_stream
 
 from . import store
-from ._files import Untrusted, read_own
-from .errors import ConfigError, StorageError
+from .errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -60,14 +59,7 @@ def _edited(binding: Binding, set_to: Mapping[str, str], comment_out: frozenset[
 
 def load(path: Path) -> EnvFile:
     """The .env at ``path``; a ConfigError (exit 2) if python-dotenv cannot parse every line of it."""
-    try:
-        raw = read_own(path, owners=frozenset({os.geteuid(), 0}))
-    except FileNotFoundError:
-        raise ConfigError(f"{path} does not exist; name the .env your server reads (--env-file).") from None
-    except Untrusted as exc:
-        raise ConfigError(f"{exc.path} {exc.reason}; name the .env file itself.") from None
-    except OSError as exc:
-        raise StorageError(f"Cannot read {path} ({exc.strerror}).") from None
+    raw = store.read_named(path, "the .env your server reads (--env-file)")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:

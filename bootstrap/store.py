@@ -194,21 +194,26 @@ def save_pending(path: Path, registration: SavedRegistration) -> None:
     write_private(pending_path(path), file_bytes(registration))
 
 
-def load_backup(path: Path) -> SavedRegistration:
-    """A backup to restore: any regular file the operator names (not a link), holding a valid registration."""
+def read_named(path: Path, what: str) -> bytes:
+    """A file the operator names (a backup, their .env): a regular file of this user or root, never a link."""
     try:
-        raw = read_own(path, owners=frozenset({os.geteuid(), 0}))
+        return read_own(path, owners=frozenset({os.geteuid(), 0}))
     except FileNotFoundError:
-        raise StorageError(f"{path} does not exist; name a file written by 'dcr-bootstrap backup'.") from None
+        raise StorageError(f"{path} does not exist; name {what}.") from None
     except Untrusted as exc:
-        raise _not_ours(exc) from None
+        raise StorageError(f"{exc.path} {exc.reason}; name {what} itself.") from None
     except OSError as exc:
         raise StorageError(f"Cannot read {path} ({exc.strerror}).") from None
+
+
+def load_backup(path: Path) -> SavedRegistration:
+    """A backup to restore, holding a valid registration."""
+    raw = read_named(path, "a file written by 'dcr-bootstrap backup'")
     try:
         return SavedRegistration.model_validate(json.loads(raw))
     except (ValueError, ValidationError):
         raise StorageError(
-            f"{path} is not a registration written by 'dcr-bootstrap backup'; nothing restored."
+            f"{path} is not a registration written by 'dcr-bootstrap backup'; nothing was restored."
         ) from None
 
 

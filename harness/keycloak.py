@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.process import HarnessError, group_rss_kib, stop_group, wait_ready
+from harness.process import HarnessError, answers_200, await_ready, log_tail, spawn, stop_group
 
 KEYCLOAK_VERSION = os.environ.get("KEYCLOAK_VERSION", "26.7.3")
 ROOT = Path(__file__).resolve().parent.parent
@@ -142,26 +142,15 @@ class KeycloakServer:
             "--db=dev-mem",
             *self.extra_args,
         ]
-        log_file = self.log_path.open("wb")
         self._started_at = time.monotonic()
-        self._proc = subprocess.Popen(
-            ["sh", "-c", _WATCHDOG, "keycloak-watchdog", *args],
-            stdin=subprocess.PIPE,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-        )
-        log_file.close()
+        self._proc = spawn(["sh", "-c", _WATCHDOG, "keycloak-watchdog", *args], self.log_path, env)
         return self
 
     def wait_ready(self, timeout: float = 240.0) -> KeycloakServer:
         assert self._proc is not None
-        if not wait_ready(self._proc, self._healthy, timeout, "Keycloak", self.log_tail):
-            self.stop()
-            raise HarnessError(f"Keycloak was not ready within {timeout:.0f}s; last log lines:\n{self.log_tail()}")
-        self.startup_seconds = time.monotonic() - self._started_at
-        self.rss_mib = group_rss_kib(self._proc.pid) / 1024
+        self.startup_seconds, self.rss_mib = await_ready(
+            self._proc, self._started_at, self._healthy, timeout, "Keycloak", self.log_tail, self.stop
+        )
         _log(
             f"Keycloak {KEYCLOAK_VERSION} ready at {self.url} in {self.startup_seconds:.1f}s, "
             f"RSS {self.rss_mib:.0f} MiB (management port {self.management_port})"
@@ -169,11 +158,7 @@ class KeycloakServer:
         return self
 
     def _healthy(self) -> bool:
-        try:
-            with urllib.request.urlopen(self.health_url, timeout=2) as resp:
-                return bool(resp.status == 200)
-        except (urllib.error.URLError, OSError):
-            return False
+        return answers_200(self.health_url)
 
     def start(self, timeout: float = 240.0) -> KeycloakServer:
         return self.spawn().wait_ready(timeout)
@@ -184,9 +169,7 @@ class KeycloakServer:
             stop_group(self._proc, timeout)
 
     def log_tail(self, lines: int = 25) -> str:
-        if self.log_path is None or not self.log_path.exists():
-            return "(no log)"
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        return log_tail(self.log_path, lines)
 
     def admin(self) -> Admin:
         return Admin(self.url, ADMIN_USER, self.admin_password)

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.keycloak import LOOPBACK, free_port
-from harness.process import HarnessError, group_rss_kib, stop_group, wait_ready
+from harness.process import HarnessError, answers_200, await_ready, log_tail, spawn, stop_group
 
 KUBE_VERSION = os.environ.get("KUBE_VERSION", "1.37.2")
 ROOT = Path(__file__).resolve().parent.parent
@@ -223,63 +223,24 @@ def _ensure_binaries_locked(version: str, out: Path) -> Binaries:
 
 def _write_pki(pki: Path) -> None:
     """A CA, a serving certificate for loopback, and a service-account signing key."""
-    import ipaddress
+    from harness.tls import write_ca_and_server_cert, write_rsa_key_pair
 
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec, rsa
-    from cryptography.x509.oid import NameOID
-
-    now = datetime.datetime.now(datetime.UTC)
     pki.mkdir(parents=True, exist_ok=True)
-
-    def pem_key(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> bytes:
-        return key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "dcr-bootstrap test CA")])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=2))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
-        .sign(ca_key, hashes.SHA256())
+    write_ca_and_server_cert(
+        pki / "ca.crt",
+        pki / "server.crt",
+        pki / "server.key",
+        hosts=("localhost", "kubernetes.default.svc", LOOPBACK),
+        common_name="kube-apiserver",
     )
-    key = ec.generate_private_key(ec.SECP256R1())
-    names: list[x509.GeneralName] = [
-        x509.DNSName("localhost"),
-        x509.DNSName("kubernetes.default.svc"),
-        x509.IPAddress(ipaddress.ip_address(LOOPBACK)),
-    ]
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver")]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=2))
-        .add_extension(x509.SubjectAlternativeName(names), critical=False)
-        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    (pki / "ca.crt").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    (pki / "server.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (pki / "server.key").write_bytes(pem_key(key))
-    sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    (pki / "sa.key").write_bytes(pem_key(sa_key))
-    (pki / "sa.pub").write_bytes(
-        sa_key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-    )
+    write_rsa_key_pair(pki / "sa.key", pki / "sa.pub")
     for path in pki.iterdir():
         path.chmod(0o600)
+
+
+def _command(binary: Path, **flags: object) -> list[str]:
+    """``binary --flag=value ...`` in the order given; a keyword's underscores become dashes."""
+    return [str(binary), *(f"--{name.replace('_', '-')}={value}" for name, value in flags.items())]
 
 
 @dataclass
@@ -326,38 +287,38 @@ class KubeServer:
         tokens.chmod(0o600)
         etcd_url = f"http://{LOOPBACK}:{self.etcd_port}"
         peer_url = f"http://{LOOPBACK}:{self.etcd_peer_port}"
-        etcd = [
-            str(self.binaries.etcd),
-            f"--data-dir={self.workdir / 'etcd'}",
-            f"--listen-client-urls={etcd_url}",
-            f"--advertise-client-urls={etcd_url}",
-            f"--listen-peer-urls={peer_url}",
-            f"--initial-advertise-peer-urls={peer_url}",
-            f"--initial-cluster=default={peer_url}",
-            "--log-level=warn",
-        ]
-        apiserver = [
-            str(self.binaries.apiserver),
-            f"--etcd-servers={etcd_url}",
-            f"--bind-address={LOOPBACK}",
-            f"--advertise-address={LOOPBACK}",
-            f"--secure-port={self.port}",
-            f"--cert-dir={pki}",
-            f"--tls-cert-file={pki / 'server.crt'}",
-            f"--tls-private-key-file={pki / 'server.key'}",
-            f"--token-auth-file={tokens}",
-            "--authorization-mode=RBAC",
-            f"--service-account-issuer={SA_ISSUER}",
-            f"--service-account-key-file={pki / 'sa.pub'}",
-            f"--service-account-signing-key-file={pki / 'sa.key'}",
-            "--service-cluster-ip-range=10.96.0.0/24",
-            "--enable-admission-plugins=NamespaceLifecycle,ServiceAccount,PodSecurity,ResourceQuota",
-            "--allow-privileged=true",
-            "--enable-priority-and-fairness=false",
+        etcd = _command(
+            self.binaries.etcd,
+            data_dir=self.workdir / "etcd",
+            listen_client_urls=etcd_url,
+            advertise_client_urls=etcd_url,
+            listen_peer_urls=peer_url,
+            initial_advertise_peer_urls=peer_url,
+            initial_cluster=f"default={peer_url}",
+            log_level="warn",
+        )
+        apiserver = _command(
+            self.binaries.apiserver,
+            etcd_servers=etcd_url,
+            bind_address=LOOPBACK,
+            advertise_address=LOOPBACK,
+            secure_port=self.port,
+            cert_dir=pki,
+            tls_cert_file=pki / "server.crt",
+            tls_private_key_file=pki / "server.key",
+            token_auth_file=tokens,
+            authorization_mode="RBAC",
+            service_account_issuer=SA_ISSUER,
+            service_account_key_file=pki / "sa.pub",
+            service_account_signing_key_file=pki / "sa.key",
+            service_cluster_ip_range="10.96.0.0/24",
+            enable_admission_plugins="NamespaceLifecycle,ServiceAccount,PodSecurity,ResourceQuota",
+            allow_privileged="true",
+            enable_priority_and_fairness="false",
             # The kubernetes Service's endpoint may not be a loopback address; nothing here needs it.
-            "--endpoint-reconciler-type=none",
-            "--v=1",
-        ]
+            endpoint_reconciler_type="none",
+            v=1,
+        )
         import shlex
 
         # Either process exiting ends the group at once (wait_ready then shows the log), as does EOF on stdin.
@@ -368,16 +329,8 @@ class KubeServer:
             f"{{ {shlex.join(apiserver)} </dev/null; kill -KILL 0; }} & "
             "read -r _ || true; kill -KILL 0"
         )
-        log_file = self.log_path.open("wb")
         self._started_at = time.monotonic()
-        self._proc = subprocess.Popen(
-            ["sh", "-c", script],
-            stdin=subprocess.PIPE,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        log_file.close()
+        self._proc = spawn(["sh", "-c", script], self.log_path)
         return self
 
     def _ssl(self) -> ssl.SSLContext:
@@ -385,12 +338,9 @@ class KubeServer:
 
     def wait_ready(self, timeout: float = 60.0) -> KubeServer:
         assert self._proc is not None
-        if not wait_ready(self._proc, self._ready, timeout, "kube-apiserver", self.log_tail):
-            tail = self.log_tail()
-            self.stop()
-            raise HarnessError(f"kube-apiserver not ready within {timeout:.0f}s:\n{tail}")
-        self.startup_seconds = time.monotonic() - self._started_at
-        self.rss_mib = group_rss_kib(self._proc.pid) / 1024
+        self.startup_seconds, self.rss_mib = await_ready(
+            self._proc, self._started_at, self._ready, timeout, "kube-apiserver", self.log_tail, self.stop
+        )
         _log(
             f"kube-apiserver v{KUBE_VERSION} ready at {self.url} in {self.startup_seconds:.1f}s, "
             f"RSS {self.rss_mib:.0f} MiB (etcd + apiserver)"
@@ -399,11 +349,7 @@ class KubeServer:
 
     def _ready(self) -> bool:
         request = urllib.request.Request(f"{self.url}/readyz", headers={"Authorization": f"Bearer {self.admin_token}"})
-        try:
-            with urllib.request.urlopen(request, timeout=2, context=self._ssl()) as resp:
-                return bool(resp.status == 200)
-        except (urllib.error.URLError, OSError):
-            return False
+        return answers_200(request, self._ssl())
 
     def start(self, timeout: float = 60.0) -> KubeServer:
         return self.spawn().wait_ready(timeout)
@@ -417,9 +363,7 @@ class KubeServer:
             self._tmp = None
 
     def log_tail(self, lines: int = 25) -> str:
-        if self.workdir is None or not self.log_path.exists():
-            return "(no log)"
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        return log_tail(self.log_path if self.workdir is not None else None, lines)
 
     # -- clients ----------------------------------------------------------------------------------
 

@@ -1,7 +1,9 @@
-"""A real server as one process group under a watchdog: start-up wait, memory, and a stop that leaves nothing.
+"""A real server as one process group under a watchdog: start, start-up wait, memory, and a stop that leaves nothing.
 
 Shared by the Keycloak and kube-apiserver harnesses. Each server runs in its own session (process
-group) so that it, and everything it starts, can be measured and stopped as one.
+group) so that it, and everything it starts, can be measured and stopped as one. The group's leader is
+a watchdog shell that reads a pipe held by the owner; when the pipe closes (``stop_group()``, exit,
+crash, SIGKILL of the owner) the watchdog ends the group.
 """
 
 from __future__ import annotations
@@ -9,14 +11,37 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import ssl
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
 
 class HarnessError(RuntimeError):
     """A real server could not be fetched, built or started; the message says why."""
+
+
+def spawn(watchdog: list[str], log_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """Start ``watchdog`` in a session of its own, its stdin a pipe from this process, its output in ``log_path``."""
+    with log_path.open("wb") as log_file:
+        return subprocess.Popen(
+            watchdog,
+            stdin=subprocess.PIPE,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+
+
+def log_tail(log_path: Path | None, lines: int = 25) -> str:
+    """The last ``lines`` lines of a server's log, or ``(no log)``."""
+    if log_path is None or not log_path.exists():
+        return "(no log)"
+    return "\n".join(log_path.read_text(errors="replace").splitlines()[-lines:])
 
 
 def group_rss_kib(pgid: int) -> int:
@@ -42,6 +67,15 @@ def group_alive(pgid: int) -> bool:
     return True
 
 
+def answers_200(request: str | urllib.request.Request, context: ssl.SSLContext | None = None) -> bool:
+    """Whether ``request`` (a URL: GET) answers 200 within 2 seconds; no answer or an error is False."""
+    try:
+        with urllib.request.urlopen(request, timeout=2, context=context) as resp:
+            return bool(resp.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
 def wait_ready(
     proc: subprocess.Popen[bytes], ready: Callable[[], bool], timeout: float, what: str, tail: Callable[[], str]
 ) -> bool:
@@ -54,6 +88,27 @@ def wait_ready(
             return True
         time.sleep(0.25)
     return False
+
+
+def await_ready(
+    proc: subprocess.Popen[bytes],
+    started_at: float,
+    ready: Callable[[], bool],
+    timeout: float,
+    what: str,
+    tail: Callable[[], str],
+    stop: Callable[[], None],
+) -> tuple[float, float]:
+    """Wait until ``ready`` holds; return (seconds since ``started_at``, the group's RSS in MiB).
+
+    A group that dies, or is not ready within ``timeout`` (then it is stopped), raises HarnessError with
+    the log's last lines.
+    """
+    if not wait_ready(proc, ready, timeout, what, tail):
+        last_lines = tail()  # before stop(): it may remove the log's folder
+        stop()
+        raise HarnessError(f"{what} was not ready within {timeout:.0f}s; last log lines:\n{last_lines}")
+    return time.monotonic() - started_at, group_rss_kib(proc.pid) / 1024
 
 
 def stop_group(proc: subprocess.Popen[bytes], timeout: float) -> None:

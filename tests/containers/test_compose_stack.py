@@ -1,6 +1,7 @@
 """docker-compose.yml on a real engine, four times: fresh, down + up, stop + up, down -v + up.
 
-Each test is one phase of the same compose project and runs after the one before it (file order).
+Each test (each row of the AFTER_FRESH table) is one phase of the same compose project and runs after
+the one before it (file order, then the table's order).
 Secrets are never printed: the credentials file is read in a container that prints only its client_id,
 mode and owner, and the caller's token stays in memory.
 """
@@ -160,37 +161,34 @@ def test_fresh_up_registers_one_client_that_the_server_uses(
     )
 
 
-def test_down_then_up_reloads_the_same_client(stack: ComposeStack, first_client: dict[str, str]) -> None:
-    """`down` (volumes kept) then `up`: Keycloak kept its realm, the bootstrap reloads the same client."""
+# The phases after the fresh one, in this order on the same stack: (the phase before, this phase, the compose
+# command between them, the bootstrap's action, whether it keeps the fresh phase's client).
+AFTER_FRESH = [
+    # Volumes kept: Keycloak kept its realm, and the bootstrap reloads the same client.
+    pytest.param("1-fresh", "2-down-up", ("down",), "reloaded", True, id="down-then-up"),
+    # The same containers start again, and the bootstrap reloads the same client.
+    pytest.param("2-down-up", "3-stop-up", ("stop",), "reloaded", True, id="stop-then-up"),
+    # Volumes removed: a new realm, with exactly one new client.
+    pytest.param("3-stop-up", "4-down-v-up", ("down", "--volumes"), "registered", False, id="down-v-then-up"),
+]
+
+
+@pytest.mark.parametrize(("before", "phase", "command", "action", "same_client"), AFTER_FRESH)
+def test_next_up_keeps_or_replaces_the_client_as_the_volumes_say(
+    stack: ComposeStack,
+    first_client: dict[str, str],
+    before: str,
+    phase: str,
+    command: tuple[str, ...],
+    action: str,
+    same_client: bool,
+) -> None:
+    """After the compose command, `up`: the bootstrap's action, one client in the realm, and the server uses it."""
     assert first_client, "needs the fresh phase"
-    stack.transition("1-fresh", "down")
-    stack.up("2-down-up")
-    facts = assert_bootstrap_did(stack, "reloaded")
-    assert facts["client_id"] == first_client["client_id"]
-    admin = admin_of(stack)
-    assert registered_clients(admin) == [first_client["client_id"]]
-    assert_serves(stack, admin, first_client["client_id"])
-
-
-def test_stop_then_up_reloads_the_same_client(stack: ComposeStack, first_client: dict[str, str]) -> None:
-    """`stop` then `up`: the same containers start again and the bootstrap reloads the same client."""
-    assert first_client, "needs the fresh phase"
-    stack.transition("2-down-up", "stop")
-    stack.up("3-stop-up")
-    facts = assert_bootstrap_did(stack, "reloaded")
-    assert facts["client_id"] == first_client["client_id"]
-    admin = admin_of(stack)
-    assert registered_clients(admin) == [first_client["client_id"]]
-    assert_serves(stack, admin, first_client["client_id"])
-
-
-def test_down_v_then_up_registers_afresh_in_a_new_realm(stack: ComposeStack, first_client: dict[str, str]) -> None:
-    """`down -v` then `up`: a new realm with exactly one new client, which the server uses."""
-    assert first_client, "needs the fresh phase"
-    stack.transition("3-stop-up", "down", "--volumes")
-    stack.up("4-down-v-up")
-    facts = assert_bootstrap_did(stack, "registered")
-    assert facts["client_id"] != first_client["client_id"]
+    stack.transition(before, *command)
+    stack.up(phase)
+    facts = assert_bootstrap_did(stack, action)
+    assert (facts["client_id"] == first_client["client_id"]) is same_client, facts["client_id"]
     admin = admin_of(stack)
     assert registered_clients(admin) == [facts["client_id"]]
     assert_serves(stack, admin, facts["client_id"])
