@@ -39,6 +39,11 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("run", help="wait, register or reload, write the credentials (the default)")
     sub.add_parser("wait", help="only wait until the server serves its metadata")
     sub.add_parser(
+        "rotate",
+        help="give the client new credentials now (Keycloak's secret regeneration with admin credentials, "
+        "else a new registration; the old one is retired after DCR_ROTATE_GRACE)",
+    )
+    sub.add_parser(
         "watch",
         help="sidecar mode: run, then re-check every DCR_WATCH_INTERVAL seconds until stopped",
     )

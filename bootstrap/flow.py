@@ -22,7 +22,7 @@ from typing import Literal, Protocol
 
 from pydantic import SecretStr
 
-from . import discovery, keycloak, log, registration, store, tokens
+from . import discovery, keycloak, lifecycle, log, registration, store, tokens
 from ._http import Transport
 from .errors import (
     BootstrapError,
@@ -41,6 +41,7 @@ from .models import (
     ClientInformation,
     ClientMetadata,
     Intent,
+    Retired,
     SavedRegistration,
     ServerMetadata,
     is_vschar,
@@ -49,7 +50,7 @@ from .settings import Settings, hostname
 from .wait import Deadline, RetryPolicy
 
 logger = log.get_logger()
-Action = Literal["registered", "reloaded", "updated", "static"]
+Action = Literal["registered", "reloaded", "updated", "renewed", "rotated", "replaced", "static"]
 # Deleting a client we just created must not depend on the time the failed run had left.
 CLEANUP_TIMEOUT = 5.0
 # Deleting a per-Pod client on SIGTERM must finish well inside Kubernetes' default 30 s grace period.
@@ -140,18 +141,26 @@ async def run(settings: Settings, deadline: Deadline | None = None) -> Outcome:
         saved = store.load(path)
         pending = store.load_pending(path)
         interrupted = bool(store.load_intents(path))
+        retiring = bool(store.load_retired(path))
         async with transport:
             wanted = wanted_metadata(settings)
-            if pending is None and saved is not None and not interrupted:
+            if pending is None and saved is not None and not (interrupted or retiring):
                 found = await _quick_reload(transport, settings, policy, wanted, saved)
                 if isinstance(found, Outcome):
                     return found
                 saved = found
             server = await policy.call("discovery", discovery.discover, transport, settings.expected_issuer)
             ctx = _Run(transport, settings, server, policy, wanted)
-            if interrupted:
-                await resolve_intents(ctx, {r.client_id for r in (saved, pending) if r is not None})
+            await _tidy(ctx, {r.client_id for r in (saved, pending) if r is not None}, interrupted, retiring)
             return await _decide(ctx, saved, pending)
+
+
+async def _tidy(ctx: _Run, in_use: set[str], interrupted: bool, retiring: bool) -> None:
+    """What earlier runs left: clients of killed POSTs, and replaced registrations past their grace."""
+    if interrupted:
+        await resolve_intents(ctx, in_use)
+    if retiring:
+        await retire(ctx, in_use)
 
 
 async def _decide(ctx: _Run, saved: SavedRegistration | None, pending: SavedRegistration | None) -> Outcome:
@@ -170,7 +179,7 @@ async def _decide(ctx: _Run, saved: SavedRegistration | None, pending: SavedRegi
 async def _reload_or_set_aside(ctx: _Run, saved: SavedRegistration, endpoint: str) -> Outcome | None:
     """The saved client if it is still good; None to register (a file of another server is kept aside)."""
     if _belongs_to(saved, ctx.server, endpoint):
-        return await _reload(ctx, saved)
+        return await _reload(ctx, saved, endpoint)
     kept = store.backup(ctx.settings.dcr_client_file)
     logger.warning(
         "Saved registration is for another server or mode; kept it as a backup and registering anew",
@@ -205,11 +214,27 @@ def _merge(
         registered_at=(previous.registered_at if previous else None) or hostname(),
         issuer=server.issuer,
         token_endpoint=server.token_endpoint,
-        client_secret_expires_at=info.client_secret_expires_at,
+        client_secret_expires_at=_first(
+            info.client_secret_expires_at, previous.client_secret_expires_at if previous else None
+        ),
+        client_secret_issued_at=_issued_at(values.get("client_secret"), previous),
         metadata_fingerprint=fingerprint,
         mode="dcr",
         **values,
     )
+
+
+def _first(*values: int | None) -> int | None:
+    return next((value for value in values if value is not None), None)
+
+
+def _issued_at(secret: SecretStr | None, previous: SavedRegistration | None) -> int | None:
+    """When this secret was first seen: kept while it stays the same, now when it changed."""
+    if secret is None:
+        return None
+    if previous is not None and previous.client_secret == secret and previous.client_secret_issued_at:
+        return previous.client_secret_issued_at
+    return lifecycle.now()
 
 
 def _save(ctx: _Run, saved: SavedRegistration) -> None:
@@ -445,7 +470,7 @@ async def _quick_reload(
         raise  # a clear error now; the full path would only meet the rotated token
     except (ClientGone, ServerResponseError):
         return saved
-    if current.metadata_fingerprint == wanted.fingerprint:
+    if current.metadata_fingerprint == wanted.fingerprint and not lifecycle.due(settings, current):
         logger.info("Loaded registration for client", client_id=current.client_id)
         return Outcome("reloaded", current)
     return current
@@ -462,37 +487,101 @@ async def _read(ctx: _Run, saved: SavedRegistration) -> tuple[ClientInformation,
     return info, current
 
 
-async def _reload(ctx: _Run, saved: SavedRegistration) -> Outcome | None:
-    """Check the saved registration; None means 'gone, register again'."""
+async def _reload(ctx: _Run, saved: SavedRegistration, endpoint: str) -> Outcome | None:
+    """Check the saved registration (renewing or rotating it when due); None means 'gone, register again'."""
     uri = saved.registration_client_uri
     if uri is None or saved.registration_access_token is None:
         return await _keep_if_working(ctx, saved, None)
     try:
-        info, current = await _read(ctx, saved)
+        info, current = await _read(ctx, saved)  # a server that already rotated the secret returns it here
     except ClientGone as exc:
         return await _keep_if_working(ctx, saved, exc)
-    if current.metadata_fingerprint == ctx.wanted.fingerprint:
+    if current.metadata_fingerprint == ctx.wanted.fingerprint and not lifecycle.due(ctx.settings, current):
         logger.info("Loaded registration for client", client_id=current.client_id)
         return Outcome("reloaded", current)
-    new_token = current.registration_access_token
-    assert new_token is not None  # _merge keeps the saved one when the server sends none
+    return await _refresh(ctx, current, info, endpoint)
+
+
+async def _refresh(ctx: _Run, current: SavedRegistration, info: ClientInformation, endpoint: str) -> Outcome | None:
+    """Metadata to update, or credentials due: rotate, else update (which may renew), else replace."""
+    if lifecycle.rotation_due(ctx.settings, current) and (rotated := await _rotate(ctx, current)):
+        return rotated
     try:
-        info = await ctx.policy.call(
-            "registration update",
-            registration.update,
-            ctx.transport,
-            uri,
-            new_token.get_secret_value(),
-            info,
-            ctx.wanted,
-        )
+        updated = await _update(ctx, current, info)  # Keycloak's rotation policy rotates the secret on update
     except ClientGone as exc:
         return await _keep_if_working(ctx, current, exc)
-    _check_values(info, "RFC 7592 update answer")
-    updated = _merge(info, ctx.server, current, ctx.wanted.fingerprint)
-    _save(ctx, updated)
+    if updated.client_secret != current.client_secret:  # renewed (or rotated) by the server: done
+        logger.info("Renewed the client secret", client_id=updated.client_id)
+        return Outcome("renewed", updated)
+    if lifecycle.due(ctx.settings, updated):
+        return await _replace(ctx, updated, endpoint, "the server did not renew its secret")
     logger.info("Updated registration for client", client_id=updated.client_id)
     return Outcome("updated", updated)
+
+
+async def _update(ctx: _Run, current: SavedRegistration, info: ClientInformation) -> SavedRegistration:
+    """RFC 7592 update with the wanted metadata; a new secret it returns is proven before it is saved."""
+    uri, token = current.registration_client_uri, current.registration_access_token
+    assert uri is not None and token is not None  # _merge keeps the saved ones when the server sends none
+    answer = await ctx.policy.call(
+        "registration update", registration.update, ctx.transport, uri, token.get_secret_value(), info, ctx.wanted
+    )
+    _check_values(answer, "RFC 7592 update answer")
+    updated = _merge(answer, ctx.server, current, ctx.wanted.fingerprint)
+    if updated.client_secret != current.client_secret and _proves_secret(ctx, updated):
+        await _prove(ctx, updated)
+    _save(ctx, updated)
+    return updated
+
+
+def _proves_secret(ctx: _Run, creds: SavedRegistration) -> bool:
+    return "client_credentials" in ctx.wanted.grant_types and creds.client_secret is not None
+
+
+async def _rotate(ctx: _Run, current: SavedRegistration) -> Outcome | None:
+    """DCR_ROTATE_AFTER by the server's own rotation (Keycloak's admin API), if we may; else None."""
+    access = ctx.settings.keycloak_admin()
+    if access is None:
+        return None  # the caller replaces the registration instead
+    secret = await keycloak.regenerate_secret(ctx.transport, ctx.policy, access, current.client_id)
+    log.register_secrets(secret)
+    rotated = current.model_copy(
+        update={"client_secret": SecretStr(secret), "client_secret_issued_at": lifecycle.now()}
+    )
+    if _proves_secret(ctx, rotated):
+        await _prove(ctx, rotated)
+    _save(ctx, rotated)
+    logger.info("Rotated the client secret", client_id=rotated.client_id)
+    return Outcome("rotated", rotated)
+
+
+async def _replace(ctx: _Run, old: SavedRegistration, endpoint: str, why: str) -> Outcome:
+    """A new registration takes over; ``old`` is kept (retired) until apps using it have had their grace."""
+    grace_end = lifecycle.now() + int(ctx.settings.dcr_rotate_grace)
+    expires = old.client_secret_expires_at
+    retire_at = min(grace_end, int(expires)) if expires else grace_end
+    path = ctx.settings.dcr_client_file
+    # Recorded first: a run killed from here on leaves a client that a later run retires, never an orphan.
+    store.save_retired(path, [*store.load_retired(path), Retired(registration=old, retire_at=retire_at)])
+    logger.warning(f"Registering a new client to replace the saved one: {why}", client_id=old.client_id)
+    outcome = await _register(ctx, endpoint)
+    return Outcome("replaced", outcome.registration)
+
+
+async def retire(ctx: _Run, in_use: set[str]) -> None:
+    """Delete (RFC 7592) the replaced registrations whose grace has ended; never one still in use."""
+    path = ctx.settings.dcr_client_file
+    kept: list[Retired] = []
+    for retired in store.load_retired(path):
+        old = retired.registration
+        if old.client_id in in_use or retired.retire_at > lifecycle.now():
+            kept.append(retired)
+            continue
+        deleted, note = await withdraw(ctx.transport, old, "it stays listed and the next run tries again.")
+        logger.info(note, client_id=old.client_id) if deleted else logger.warning(note, client_id=old.client_id)
+        if not deleted and old.registration_access_token is not None:
+            kept.append(retired)
+    store.save_retired(path, kept)
 
 
 async def _keep_if_working(ctx: _Run, saved: SavedRegistration, lost: ClientGone | None) -> Outcome | None:

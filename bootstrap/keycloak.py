@@ -154,11 +154,8 @@ async def _clients_page(transport: Transport, base_url: str, realm: str, admin: 
     )
     if resp.status != 200:
         raise _rejected(resp, f"Keycloak refused to list the clients of realm {realm}", _MANAGE_HINT)
-    try:
-        page = json.loads(resp.body)
-    except ValueError:
-        page = None
-    if not isinstance(page, list):
+    page = _list_of(resp.body)
+    if not page and resp.body.strip() != b"[]":
         raise AdminRejected(
             status=resp.status,
             error=None,
@@ -206,3 +203,50 @@ def _listed(page: list[object]) -> list[tuple[str, str, str]]:
             if isinstance(name, str) and isinstance(client_id, str) and isinstance(uuid, str):
                 out.append((name, client_id, uuid))
     return out
+
+
+async def _client_uuid(transport: Transport, base_url: str, realm: str, admin: str, client_id: str) -> str:
+    resp = await transport.request(
+        "GET", f"{base_url}/admin/realms/{realm}/clients?clientId={quote(client_id, safe='')}", bearer=admin
+    )
+    if resp.status != 200:
+        raise _rejected(resp, f"Keycloak refused to look up client {client_id} in realm {realm}", _MANAGE_HINT)
+    found = [uuid for _, cid, uuid in _listed(_list_of(resp.body)) if cid == client_id]
+    if not found:
+        raise AdminRejected(
+            status=404, error=None, description=None, what=f"Keycloak has no client {client_id} in realm {realm}",
+            hint="Check KEYCLOAK_REALM, or let the next run register a new client.",
+        )
+    return quote(found[0], safe="")
+
+
+async def _new_secret(transport: Transport, base_url: str, realm: str, admin: str, uuid: str) -> str:
+    resp = await transport.request(
+        "POST", f"{base_url}/admin/realms/{realm}/clients/{uuid}/client-secret", bearer=admin, idempotent=False
+    )
+    answer = _parsed(resp.body) if resp.status == 200 else None
+    value = answer.get("value") if isinstance(answer, dict) else None
+    if not isinstance(value, str) or not value:
+        raise _rejected(resp, f"Keycloak refused to regenerate a client secret in realm {realm}", _MANAGE_HINT)
+    return value
+
+
+async def regenerate_secret(transport: Transport, policy: RetryPolicy, access: AdminAccess, client_id: str) -> str:
+    """Keycloak's own rotation: a new secret for ``client_id`` (its rotation policy keeps the old one valid)."""
+    base_url, realm = access.base_url, access.realm
+    admin = await policy.call("admin login", admin_token, transport, base_url, access.username, access.password)
+    uuid = await policy.call("client lookup", _client_uuid, transport, base_url, realm, admin, client_id)
+    # Not repeated: a lost answer may have rotated the secret already (the next run notices the old one fail).
+    return await _new_secret(transport, base_url, realm, admin, uuid)
+
+
+def _parsed(body: bytes) -> object:
+    try:
+        return json.loads(body)
+    except ValueError:
+        return None
+
+
+def _list_of(body: bytes) -> list[object]:
+    value = _parsed(body)
+    return value if isinstance(value, list) else []

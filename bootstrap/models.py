@@ -95,6 +95,18 @@ class ClientInformation(BaseModel):
         return [name for name, value in values.items() if not is_vschar(value)]
 
 
+class Retired(BaseModel):
+    """A registration replaced by a new one, kept until ``retire_at`` so that running apps keep working."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    registration: SavedRegistration
+    retire_at: int
+
+    def to_file(self) -> dict[str, Any]:
+        return {"registration": self.registration.to_file(), "retire_at": self.retire_at}
+
+
 class Intent(BaseModel):
     """A registration asked for (a POST about to be sent), recorded before it is sent.
 
@@ -134,6 +146,8 @@ class SavedRegistration(BaseModel):
     issuer: str | None = None
     token_endpoint: str | None = None
     client_secret_expires_at: int | None = None
+    # When this tool first saw this client_secret (epoch seconds): its age for renewal and rotation.
+    client_secret_issued_at: int | None = None
     metadata_fingerprint: str | None = None
     token_endpoint_auth_method: str | None = None
     mode: str = "dcr"

@@ -28,6 +28,8 @@ PUBLIC_KEYS = frozenset(
         "issuer",
         "token_endpoint",
         "client_secret_expires_at",
+        "client_secret_issued_at",
+        "retire_at",
         "metadata_fingerprint",
         "token_endpoint_auth_method",
         "mode",
@@ -43,8 +45,13 @@ def env_text(client_id: str, client_secret: str | None) -> str:
     )
 
 
-def show_text(saved: dict[str, Any]) -> str:
-    shown = {key: value if key in PUBLIC_KEYS or value is None else MASK for key, value in saved.items()}
+def _shown(saved: dict[str, Any]) -> dict[str, Any]:
+    return {key: value if key in PUBLIC_KEYS or value is None else MASK for key, value in saved.items()}
+
+
+def show_text(saved: dict[str, Any], retired: list[dict[str, Any]] | None = None) -> str:
+    """The registration with every value we do not know to be public masked; replaced ones under 'retired'."""
+    shown = _shown(saved) | ({"retired": [_shown(entry) for entry in retired]} if retired else {})
     return json.dumps(shown, indent=2) + "\n"
 
 
@@ -57,11 +64,17 @@ def _client_file() -> Path | None:
     return Path(named[0] if named else DEFAULT_FILE)
 
 
+def _beside(path: Path, suffix: str) -> Path:
+    """``.NAME.suffix`` beside ``path``, as store names its files (store.retired_path, say)."""
+    dotted = path.name if path.name.startswith(".") else f".{path.name}"
+    return path.with_name(f"{dotted}.{suffix}")
+
+
 def load() -> dict[str, Any] | None:
     """The saved registration as plain JSON, or None for anything but the plain case."""
     path = _client_file()
-    if path is None:
-        return None
+    if path is None or os.path.lexists(_beside(path, "retired")):
+        return None  # replaced registrations are listed by the full path
     try:
         data = json.loads(read_own(path))  # a link or another user's file: the full path explains
     except (OSError, ValueError, Untrusted):

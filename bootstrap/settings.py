@@ -246,6 +246,29 @@ class Settings(BaseSettings):
     dcr_watch_interval: PositiveDuration = Field(
         300.0, description="Time between re-checks in 'watch' (sidecar) mode (a duration: 300, 5m)."
     )
+    dcr_renew_before: Duration | None = Field(
+        None,
+        description="When the server says the client secret expires (client_secret_expires_at), renew it this long "
+        "before (RFC 7592 read, then update, then a new registration); default: a third of its lifetime.",
+    )
+    dcr_rotate_after: PositiveDuration | None = Field(
+        None,
+        description="Give the client new credentials once its secret is this old (e.g. 30d): Keycloak's secret "
+        "regeneration with admin credentials, else a new registration. Off by default.",
+    )
+    dcr_rotate_grace: Duration = Field(
+        3600.0,
+        description="How long a registration replaced by a new one stays valid for apps still using it; the run "
+        "after that deletes it (RFC 7592).",
+    )
+    dcr_on_change: str | None = Field(
+        None,
+        description="'watch': a command run (split like a shell would, but run without one; use sh -c '...' for "
+        "a shell) after the client id or secret changed, e.g. to signal the server to reload.",
+    )
+    dcr_on_change_timeout: PositiveDuration = Field(
+        30.0, description="DCR_ON_CHANGE is killed after this long; its exit status is logged."
+    )
     dcr_delete_on_exit: bool = Field(
         False,
         description="'watch' only: on SIGTERM/SIGINT delete the client (RFC 7592) and the file, so a per-Pod "

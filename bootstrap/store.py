@@ -7,6 +7,7 @@ file that another issuer or static mode wrote is kept as a timestamped backup, n
 
 Beside the file live, all 0600 and all ours: ``.NAME.lock`` (held for the whole run),
 ``.NAME.intent`` (registrations asked for whose answer was not yet recorded: see ``flow``),
+``.NAME.retired`` (registrations replaced by a new one, kept until their grace ends),
 ``.NAME.pending`` (a registration the server made but the run has not finished checking: the next
 run adopts it instead of leaving an orphan) and short-lived ``.NAME.<hex>.tmp`` files, which a run
 killed between write and rename leaves and the next run sweeps away under the lock. The folder may
@@ -35,7 +36,7 @@ from pydantic import ValidationError
 from ._files import Untrusted, check_own, problem, read_own
 from .errors import StorageError
 from .log import get_logger
-from .models import Intent, SavedRegistration
+from .models import Intent, Retired, SavedRegistration
 
 log = get_logger()
 T = TypeVar("T")
@@ -57,6 +58,29 @@ def _directory(path: Path) -> Path:
 
 def pending_path(path: Path) -> Path:
     return path.with_name(f"{_dotted(path)}.pending")
+
+
+def retired_path(path: Path) -> Path:
+    return path.with_name(f"{_dotted(path)}.retired")
+
+
+def load_retired(path: Path) -> list[Retired]:
+    """Registrations replaced by a newer one and kept for their grace period (see ``flow``)."""
+    raw = read(retired_path(path))
+    if raw is None:
+        return []
+    try:
+        return [Retired.model_validate(item) for item in json.loads(raw)]
+    except (ValueError, TypeError, ValidationError):
+        log.warning("Unreadable list of replaced registrations ignored", path=str(retired_path(path)))
+        return []
+
+
+def save_retired(path: Path, retired: Sequence[Retired]) -> None:
+    if not retired:
+        remove(retired_path(path))
+        return
+    write_private(retired_path(path), (json.dumps([r.to_file() for r in retired], indent=2) + "\n").encode())
 
 
 def intent_path(path: Path) -> Path:

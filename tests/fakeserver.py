@@ -14,7 +14,8 @@ import base64
 import json
 import secrets
 import threading
-from collections.abc import AsyncIterator, Iterator
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +65,10 @@ class FakeServer:
     echo_authorization: bool = False
     slow: dict[str, float] = field(default_factory=dict)  # "METHOD /path" -> seconds the server takes
     gates: dict[str, asyncio.Event] = field(default_factory=dict)  # "METHOD /path" -> handled once set
+    secret_lifetime: int | None = None  # seconds: answers carry client_secret_expires_at, as Keycloak's policy
+    rotate_on_update: bool = False  # an RFC 7592 update issues a new secret; the old one stays valid
+    now: Callable[[], float] = time.time
+    old_secrets: dict[str, set[str]] = field(default_factory=dict)  # client id -> rotated secrets still valid
 
     def fail_next(self, path: str, status: int, *, headers: dict[str, str] | None = None, body: bytes = b"{}") -> None:
         self.failures.setdefault(path, []).append((status, headers or {}, body))
@@ -117,6 +122,12 @@ class FakeServer:
             "registration_client_uri": f"{self.base}/connect/register/{cid}",
         }
 
+    def _new_secret(self, cid: str) -> dict[str, Any]:
+        fields: dict[str, Any] = {"client_secret": secrets.token_urlsafe(16)}
+        if self.secret_lifetime is not None:
+            fields["client_secret_expires_at"] = int(self.now()) + self.secret_lifetime
+        return fields
+
     async def register(self, request: web.Request) -> web.Response:
         if request.headers.get("Authorization") != f"Bearer {IAT}":
             return web.json_response({"error": "invalid_token"}, status=401)
@@ -125,7 +136,7 @@ class FakeServer:
             return web.json_response({"error": "invalid_client_metadata"}, status=400)
         self.registered += 1
         cid = f"client-{self.registered}"
-        self.clients[cid] = body | {"client_id": cid, "client_secret": secrets.token_urlsafe(16)}
+        self.clients[cid] = body | {"client_id": cid} | self._new_secret(cid)
         answer = self._issue(cid) | self.register_extra
         if "client_id" in self.register_extra:  # a hostile id: remember the client under it too
             self.clients[self.register_extra["client_id"]] = self.clients[cid]
@@ -147,7 +158,11 @@ class FakeServer:
         if cid is None:
             return web.json_response({"error": "invalid_token"}, status=401)
         body = await request.json()
-        self.clients[cid] = body | {"client_secret": self.clients[cid]["client_secret"]}
+        kept = {k: v for k, v in self.clients[cid].items() if k in ("client_secret", "client_secret_expires_at")}
+        if self.rotate_on_update:
+            self.old_secrets.setdefault(cid, set()).add(kept["client_secret"])
+            kept = self._new_secret(cid)
+        self.clients[cid] = body | kept
         return web.json_response(self._issue(cid) | self.manage_extra)
 
     async def delete(self, request: web.Request) -> web.Response:
@@ -164,7 +179,8 @@ class FakeServer:
             cid, _, secret = base64.b64decode(header.split()[1]).decode().partition(":")
         except (IndexError, ValueError):
             cid, secret = "", ""
-        if self.clients.get(cid, {}).get("client_secret") != secret:
+        valid = {self.clients.get(cid, {}).get("client_secret")} | self.old_secrets.get(cid, set())
+        if secret not in valid:
             description = f"bad credentials in {header}" if self.echo_authorization else "bad credentials"
             return web.json_response({"error": "invalid_client", "error_description": description}, status=401)
         return web.json_response({"access_token": "at", "token_type": "Bearer"})

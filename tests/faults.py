@@ -10,6 +10,7 @@ asyncio's) without listing cases: whatever a future change adds is covered too.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Coroutine, Generator
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -59,7 +60,11 @@ class _Driver:
                 seen += 1
                 if seen == fault.n:
                     fault.fired = True
-                    # The coroutine never resumes from what it awaited: the fault arrives there instead.
+                    # The coroutine never resumes from what it awaited: the fault arrives there instead. The
+                    # awaited future is cancelled first, as a real cancellation would, so that what it holds
+                    # (a socket registered with the selector, say) is released.
+                    if isinstance(yielded, asyncio.Future):
+                        yielded.cancel()
                     throw = fault.error(f"fault injected at await {seen} after arming")
                     continue
             try:

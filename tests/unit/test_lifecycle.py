@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import contextlib
 import json
 import stat
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from pydantic import SecretStr
 
-from bootstrap import cli, envfile, flow, store
+from bootstrap import cli, commands, envfile, flow, hooks, lifecycle, store
 from bootstrap.errors import ConfigError, ExitCode
 from bootstrap.models import SavedRegistration
 from bootstrap.settings import load_settings
-from tests.fakeserver import FakeServer, saved, serving, settings_for
+from tests.fakeserver import FakeServer, saved, serving, serving_in_thread, settings_for
+from tests.faults import FaultAt, Injected
 
 
 def _mode(path: Path) -> int:
@@ -177,3 +183,190 @@ def test_setup_on_a_dotenv_set_up_already_changes_nothing(tmp_path: Path, monkey
     assert cli.run(["setup", "--env-file", str(dotenv)]) == ExitCode.OK  # no Keycloak needed: nothing to do
     assert dotenv.read_text() == "USE_DCR=true\nDCR_INITIAL_ACCESS_TOKEN=iat-value\n"
     assert not (tmp_path / ".env.backup").exists()
+
+
+# --- expiry and rotation ---
+
+
+class Clock:
+    """The time both the tool and the fake server see; moved by the test, never slept on."""
+
+    def __init__(self) -> None:
+        self.at = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.at
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch, server: FakeServer) -> Clock:
+    moving = Clock()
+    monkeypatch.setattr(lifecycle, "now", lambda: int(moving()))
+    server.now = moving
+    return moving
+
+
+async def test_a_secret_that_never_expires_is_only_reloaded(server: FakeServer, tmp_path: Path, clock: Clock) -> None:
+    """client_secret_expires_at 0 or absent: a restart reloads, whatever DCR_RENEW_BEFORE says."""
+    settings = settings_for(server, tmp_path, dcr_renew_before="29d")
+    await flow.run(settings)
+    assert (await flow.run(settings)).action == "reloaded"
+
+
+async def test_a_secret_due_is_renewed_by_an_update_that_rotates_it(
+    server: FakeServer, tmp_path: Path, clock: Clock
+) -> None:
+    """Within DCR_RENEW_BEFORE of its expiry the secret is renewed by an RFC 7592 update; the new one is saved."""
+    server.secret_lifetime, server.rotate_on_update = 3600, True
+    settings = settings_for(server, tmp_path)
+    first = (await flow.run(settings)).registration
+    clock.at += 2500  # a third of the lifetime is left
+    outcome = await flow.run(settings)
+    assert (outcome.action, outcome.registration.client_id) == ("renewed", first.client_id)
+    assert saved(tmp_path)["client_secret"] == server.clients[first.client_id]["client_secret"] != first.client_secret
+    assert saved(tmp_path)["client_secret_expires_at"] == int(clock.at) + 3600
+
+
+async def test_a_secret_not_yet_due_is_reloaded_without_an_update(
+    server: FakeServer, tmp_path: Path, clock: Clock
+) -> None:
+    """With more than a third of its life left the secret is kept: one read, no update."""
+    server.secret_lifetime, server.rotate_on_update = 3600, True
+    settings = settings_for(server, tmp_path)
+    await flow.run(settings)
+    clock.at += 1000
+    assert (await flow.run(settings)).action == "reloaded"
+    assert server.count("PUT", "/connect/register/client-1") == 0
+
+
+async def test_a_secret_the_server_will_not_renew_is_replaced_and_the_old_client_retired_after_grace(
+    server: FakeServer, tmp_path: Path, clock: Clock
+) -> None:
+    """No renewal by update: a new client takes over, the old one lives out its grace, then is deleted."""
+    server.secret_lifetime = 3600
+    settings = settings_for(server, tmp_path, dcr_rotate_grace="10m")
+    first = (await flow.run(settings)).registration
+    clock.at += 3000
+    outcome = await flow.run(settings)
+    assert outcome.action == "replaced" and set(server.clients) == {first.client_id, outcome.registration.client_id}
+    clock.at += 60  # inside the grace: the old client still serves apps that read it at their start
+    await flow.run(settings)
+    assert first.client_id in server.clients
+    clock.at += 600
+    await flow.run(settings)
+    assert set(server.clients) == {outcome.registration.client_id}
+    assert store.load_retired(tmp_path / "client.json") == []
+
+
+async def test_an_expired_secret_is_replaced_never_kept_as_current(
+    server: FakeServer, tmp_path: Path, clock: Clock
+) -> None:
+    """A run after the secret expired leaves a current, unexpired secret in the file."""
+    server.secret_lifetime = 3600
+    settings = settings_for(server, tmp_path)
+    await flow.run(settings)
+    clock.at += 7200
+    outcome = await flow.run(settings)
+    assert outcome.action == "replaced" and not lifecycle.expired(outcome.registration, int(clock.at))
+    assert saved(tmp_path)["client_id"] == outcome.registration.client_id
+
+
+async def test_rotation_after_its_age_gives_a_new_client_without_admin_credentials(
+    server: FakeServer, tmp_path: Path, clock: Clock
+) -> None:
+    """DCR_ROTATE_AFTER without the server's own rotation: a new registration; the old one retires later."""
+    settings = settings_for(server, tmp_path, dcr_rotate_after="30d", dcr_rotate_grace="1h")
+    first = (await flow.run(settings)).registration
+    clock.at += 29 * 86400
+    assert (await flow.run(settings)).action == "reloaded"
+    clock.at += 2 * 86400
+    outcome = await flow.run(settings)
+    assert outcome.action == "replaced" and outcome.registration.client_id != first.client_id
+    clock.at += 3600
+    assert (await flow.run(settings)).action == "reloaded" and len(server.clients) == 1
+
+
+@pytest.mark.parametrize("error", [Injected, asyncio.CancelledError], ids=["exception", "cancellation"])
+async def test_a_fault_at_any_await_of_a_replacement_leaves_working_credentials_and_then_one_client(
+    tmp_path: Path, error: Callable[[str], BaseException]
+) -> None:
+    """Killed anywhere while replacing a client: the file still works, and once graces end one client is left."""
+    for n in range(1, 200):
+        async with serving(FakeServer(secret_lifetime=3600, slow={"POST /connect/token": 0.001})) as server:
+            home = tmp_path / f"{n}"
+            home.mkdir()
+            settings = settings_for(server, home, dcr_renew_before="2h", dcr_rotate_grace=0)
+            await flow.run(settings)
+            fault = FaultAt(n, error=error)
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await fault.run(flow.run(settings))
+            current = saved(home)
+            assert server.clients[current["client_id"]]["client_secret"] == current["client_secret"], f"fault {n}"
+            settings = settings_for(server, home, dcr_rotate_grace=0)  # nothing due any more: settle
+            await flow.run(settings)
+            await flow.run(settings)
+            assert len(server.clients) == 1, f"fault at await {n}: {len(server.clients)} clients"
+            if not fault.fired:
+                return
+    raise AssertionError("the run never finished before the fault")
+
+
+# --- the app learns of the change ---
+
+
+async def test_on_change_reports_the_exit_status(tmp_path: Path) -> None:
+    """The command runs without a shell and its exit status comes back (and is logged)."""
+    assert await hooks.on_change(f"{sys.executable} -c 'raise SystemExit(3)'", 10) == 3
+
+
+async def test_on_change_is_killed_after_its_timeout(tmp_path: Path) -> None:
+    """A command that hangs is killed after DCR_ON_CHANGE_TIMEOUT and reported as such."""
+    assert await hooks.on_change(f"{sys.executable} -c 'import time; time.sleep(60)'", 0.2) is None
+
+
+async def test_on_change_runs_no_shell_unless_asked(tmp_path: Path) -> None:
+    """'$(...)' in the command is an argument, not a substitution."""
+    marker = tmp_path / "ran"
+    command = f"{sys.executable} -c 'import sys; open(sys.argv[1], \"w\").write(sys.argv[2])' {marker} '$(id)'"
+    assert await hooks.on_change(command, 10) == 0
+    assert marker.read_text() == "$(id)"
+
+
+async def test_watch_runs_on_change_when_the_secret_changes_and_not_for_a_token_rotation(
+    server: FakeServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In 'watch', DCR_ON_CHANGE runs after a renewed secret, never after a round that changed only the token."""
+    monkeypatch.setattr(lifecycle, "MIN_RECHECK", 0.0)
+    server.secret_lifetime, server.rotate_on_update = 3600, True
+    marker = tmp_path / "changes"
+    hook = f'{sys.executable} -c \'open("{marker}", "a").write("x")\''
+    quiet = settings_for(server, tmp_path, dcr_watch_interval=0.001)
+    await flow.run(quiet)  # the file the app started with
+    await flow.run(quiet)  # rounds that only rotate the registration access token
+    renewing = settings_for(server, tmp_path, dcr_watch_interval=0.001, dcr_renew_before="2h", dcr_on_change=hook)
+    watch = asyncio.ensure_future(commands._watch(renewing, argparse.Namespace()))
+    while not marker.exists() or len(marker.read_text()) < 2:  # noqa: ASYNC110 - loop turns, not time
+        await asyncio.sleep(0.01)
+    watch.cancel()
+    await watch
+    assert server.count("PUT", "/connect/register/client-1") >= 2
+
+
+def test_show_lists_a_replaced_registration_with_its_secrets_masked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """'show' prints the registration a replacement retired, and when it goes, its secrets masked."""
+    clock = Clock()
+    monkeypatch.setattr(lifecycle, "now", lambda: int(clock()))
+    with serving_in_thread(FakeServer(secret_lifetime=3600, now=clock)) as server:
+        settings = settings_for(server, tmp_path, dcr_rotate_grace="1h")
+        first = asyncio.run(flow.run(settings)).registration
+        clock.at += 3000
+        asyncio.run(flow.run(settings))
+        monkeypatch.setenv("DCR_CLIENT_FILE", str(tmp_path / "client.json"))
+        monkeypatch.setenv("DCR_ISSUER", server.base)
+        assert cli.run(["show"]) == ExitCode.OK
+    out = capsys.readouterr().out
+    [retired] = json.loads(out)["retired"]
+    assert retired["client_id"] == first.client_id and retired["retire_at"] == first.client_secret_expires_at
+    assert first.client_secret is not None and first.client_secret.get_secret_value() not in out
