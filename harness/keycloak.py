@@ -38,6 +38,8 @@ ROOT = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("KEYCLOAK_CACHE", ROOT / ".cache" / "keycloak"))
 DEPENDENCY_PLUGIN = "org.apache.maven.plugins:maven-dependency-plugin:3.8.1"
 ADMIN_USER = "admin"
+# A preview feature in Keycloak 26: client secret rotation by client policy (the lifecycle tests use it).
+ROTATION_FEATURE = "--features=client-secret-rotation"
 LOOPBACK = "127.0.0.1"
 
 # The watchdog: start Keycloak, then block on stdin (a pipe from the owner); EOF ends the group.
@@ -269,6 +271,29 @@ class Admin:
                 self._call("PUT", f"/admin/realms/{realm}/components/{component['id']}", body=component)
                 return
         raise AdminError(f"realm {realm} has no anonymous Trusted Hosts policy")
+
+    def set_secret_rotation(self, realm: str, *, expiration: int, remaining: int, rotated: int) -> None:
+        """Keycloak's client secret rotation policy for every confidential client of ``realm`` (seconds).
+
+        ``remaining`` is the window before expiry in which a DCR update rotates the secret; ``rotated`` is
+        how long the previous secret stays valid. Needs the client-secret-rotation feature (ROTATION_FEATURE).
+        """
+        executor = {
+            "executor": "secret-rotation",
+            "configuration": {
+                "expiration-period": expiration,
+                "remaining-rotation-period": remaining,
+                "rotated-expiration-period": rotated,
+            },
+        }
+        self._call(
+            "PUT",
+            f"/admin/realms/{realm}/client-policies/profiles",
+            body={"profiles": [{"name": "rotate-secrets", "executors": [executor]}]},
+        )
+        condition = {"condition": "client-access-type", "configuration": {"type": ["confidential"]}}
+        policy = {"name": "rotate-secrets", "enabled": True, "conditions": [condition], "profiles": ["rotate-secrets"]}
+        self._call("PUT", f"/admin/realms/{realm}/client-policies/policies", body={"policies": [policy]})
 
     # --- clients ---
     def clients(self, realm: str) -> list[dict[str, Any]]:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.keycloak import Admin, KeycloakServer
+from harness.keycloak import ROTATION_FEATURE, Admin, KeycloakServer
 from harness.process import HarnessError, group_alive
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,7 +44,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture(scope="session")
 def keycloak() -> Iterator[KeycloakServer]:
     try:
-        server = KeycloakServer().start()
+        # One Keycloak for the session, with the secret rotation policy available to the realms that want it.
+        server = KeycloakServer(extra_args=(ROTATION_FEATURE,)).start()
     except HarnessError as exc:
         pytest.fail(f"Keycloak could not be started for the integration tests: {exc}", pytrace=False)
     yield server

@@ -1,0 +1,82 @@
+"""Renewal and rotation against the real Keycloak with its client secret rotation policy on."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from harness.keycloak import ADMIN_USER, Admin, KeycloakServer, client_credentials_token
+from tests.conftest import run_cli
+
+
+def _token_works(keycloak: KeycloakServer, realm: str, client_id: str, secret: str) -> bool:
+    try:
+        client_credentials_token(f"{keycloak.url}/realms/{realm}/protocol/openid-connect/token", client_id, secret)
+    except Exception:  # any refusal means "does not work"
+        return False
+    return True
+
+
+def _written_action(stderr: str) -> str:
+    lines = [json.loads(line) for line in stderr.splitlines() if '"Credentials written"' in line]
+    return str(lines[-1]["action"])
+
+
+def test_a_secret_due_is_renewed_by_keycloaks_rotation_policy_and_the_old_one_keeps_working(
+    keycloak: KeycloakServer, admin: Admin, realm: str, env: dict[str, str], creds_file: Path
+) -> None:
+    """Within DCR_RENEW_BEFORE, a DCR update makes Keycloak rotate: new secret saved, old valid for its grace."""
+    admin.set_secret_rotation(realm, expiration=600, remaining=600, rotated=300)
+    first = run_cli(env)
+    assert first.code == 0, first.last
+    old = json.loads(creds_file.read_text())
+    assert old["client_secret_expires_at"] > 0  # the policy makes Keycloak say when the secret expires
+    renewed = run_cli(env | {"DCR_RENEW_BEFORE": "10m"})
+    assert renewed.code == 0, renewed.last
+    new = json.loads(creds_file.read_text())
+    assert _written_action(renewed.stderr) == "renewed"
+    assert new["client_id"] == old["client_id"] and new["client_secret"] != old["client_secret"]
+    assert _token_works(keycloak, realm, new["client_id"], new["client_secret"])
+    assert _token_works(keycloak, realm, old["client_id"], old["client_secret"])  # the rotated secret's grace
+    assert [c["clientId"] for c in admin.clients(realm)].count(new["client_id"]) == 1
+    renewed.assert_clean(old["client_secret"], new["client_secret"])
+
+
+def test_rotate_with_admin_credentials_regenerates_the_secret_in_place(
+    keycloak: KeycloakServer, admin: Admin, realm: str, env: dict[str, str], creds_file: Path
+) -> None:
+    """'rotate' with Keycloak admin credentials: Keycloak's own regeneration, same client, old secret in grace."""
+    admin.set_secret_rotation(realm, expiration=600, remaining=60, rotated=300)
+    assert run_cli(env).code == 0
+    old = json.loads(creds_file.read_text())
+    before = admin.count_clients(realm)
+    rotated = run_cli(
+        env | {"KEYCLOAK_ADMIN_USERNAME": ADMIN_USER, "KEYCLOAK_ADMIN_PASSWORD": keycloak.admin_password}, "rotate"
+    )
+    assert rotated.code == 0, rotated.last
+    new = json.loads(creds_file.read_text())
+    assert _written_action(rotated.stderr) == "rotated"
+    assert new["client_id"] == old["client_id"] and new["client_secret"] != old["client_secret"]
+    assert new["client_secret"] == admin.client_secret(realm, new["client_id"])
+    assert _token_works(keycloak, realm, old["client_id"], old["client_secret"])
+    assert admin.count_clients(realm) == before
+    rotated.assert_clean(old["client_secret"], new["client_secret"], keycloak.admin_password)
+
+
+def test_rotate_without_admin_credentials_replaces_the_client_and_retires_the_old_after_grace(
+    keycloak: KeycloakServer, admin: Admin, realm: str, env: dict[str, str], creds_file: Path
+) -> None:
+    """'rotate' without admin access or a rotation policy: a new client; with no grace, the next run deletes the old."""
+    env["DCR_INITIAL_ACCESS_TOKEN"] = admin.mint_initial_access_token(realm, count=2)
+    assert run_cli(env).code == 0
+    old = json.loads(creds_file.read_text())
+    before = admin.count_clients(realm)
+    rotated = run_cli(env | {"DCR_ROTATE_GRACE": "0"}, "rotate")
+    assert rotated.code == 0, rotated.last
+    new = json.loads(creds_file.read_text())
+    assert _written_action(rotated.stderr) == "replaced" and new["client_id"] != old["client_id"]
+    assert _token_works(keycloak, realm, new["client_id"], new["client_secret"])
+    settled = run_cli(env)
+    assert settled.code == 0, settled.last
+    assert admin.count_clients(realm) == before
+    assert old["client_id"] not in {c["clientId"] for c in admin.clients(realm)}
