@@ -25,6 +25,7 @@ import contextlib
 import copy
 import dataclasses
 import datetime
+import hashlib
 import ipaddress
 import json
 import os
@@ -43,11 +44,14 @@ import aiohttp
 from . import __version__, flow, log, store
 from ._http import json_object, read_capped, retry_after, retryable, text_fields
 from .errors import BootstrapError, ConfigError, MalformedResponse, ServerNotReady, StorageError, Unavailable, printable
-from .models import SavedRegistration, is_vschar
+from .models import Retired, SavedRegistration, is_vschar
 from .settings import K8S_NAME, Settings, hostname
 from .wait import Deadline, RetryPolicy
 
 DATA_KEY = "dcr_client.json"
+# In the same document, the registrations replaced by a rotation and kept for their grace: whichever Pod
+# runs after the grace deletes them, so none outlives a Pod that died mid-grace.
+RETIRED_KEY = "retired"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "dcr-bootstrap"}
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 DEFAULT_LEASE_SECONDS = 30
@@ -300,6 +304,13 @@ class _Answer:
     location: str | None = None
 
 
+# Where each kind of object we touch lives in the API, and its RBAC resource name.
+_API_PATHS = {"secret": "/api/v1", "lease": "/apis/coordination.k8s.io/v1", "deployment": "/apis/apps/v1"}
+_RESOURCES = {"secret": "secrets", "lease": "leases.coordination.k8s.io", "deployment": "deployments.apps"}
+# The pod-template annotation that DCR_K8S_ROLLOUT sets: a change of its value rolls the Deployment out.
+ROLLOUT_ANNOTATION = "dcr-bootstrap/credentials-hash"
+
+
 class KubeStore:
     """The workload's one registration in a Secret; optional Lease for exclusive registration.
 
@@ -376,15 +387,11 @@ class KubeStore:
     # -- HTTP -------------------------------------------------------------------------------------
 
     def _path(self, kind: str, name: str | None = None) -> str:
-        base = (
-            f"/api/v1/namespaces/{self.namespace}/secrets"
-            if kind == "secret"
-            else f"/apis/coordination.k8s.io/v1/namespaces/{self.namespace}/leases"
-        )
+        base = f"{_API_PATHS[kind]}/namespaces/{self.namespace}/{_RESOURCES[kind].split('.')[0]}"
         return f"{base}/{name}" if name else base
 
     def _what(self, kind: str, name: str) -> str:
-        return f"{'Secret' if kind == 'secret' else 'Lease'} {self.namespace}/{name}"
+        return f"{kind.capitalize()} {self.namespace}/{name}"
 
     async def _call(
         self,
@@ -397,7 +404,10 @@ class KubeStore:
         accept: tuple[int, ...] = (),
         budget: float | None = None,
     ) -> tuple[int, dict[str, Any]]:
-        """One request, retried by the policy; a status in ``accept`` is the caller's, anything unusable raises."""
+        """One request, retried by the policy; a status in ``accept`` is the caller's, anything unusable raises.
+
+        A PATCH is a JSON merge patch (RFC 7386): setting a value is safe to repeat.
+        """
         policy = self.policy if budget is None else dataclasses.replace(self.policy, deadline=Deadline(budget))
         what = self._what(kind, name)
         if kind == "secret" and method != "GET":
@@ -417,14 +427,16 @@ class KubeStore:
         if remaining <= 0:
             raise Unavailable("no time left before DCR_WAIT_TIMEOUT", out_of_time=True)
         url = self.api.server + self._path(kind, None if method == "POST" else name)
-        # Lease writes are safe to repeat (a resourceVersion or AlreadyExists makes a repeat a 409); a Secret
-        # write whose answer is lost is resolved by re-reading the Secret (AmbiguousWrite), not by repeating.
-        safe = method == "GET" or kind == "lease"
+        # Lease writes are safe to repeat (a resourceVersion or AlreadyExists makes a repeat a 409), and so is
+        # a merge patch; a Secret write whose answer is lost is resolved by re-reading the Secret
+        # (AmbiguousWrite), not by repeating.
+        safe = method in ("GET", "PATCH") or kind == "lease"
         try:
             async with self._session.request(
                 method,
                 url,
-                json=body,
+                data=json.dumps(body).encode() if body is not None else None,
+                headers={"Content-Type": "application/merge-patch+json" if method == "PATCH" else "application/json"},
                 allow_redirects=False,
                 timeout=aiohttp.ClientTimeout(total=min(self.attempt_timeout, remaining)),
             ) as resp:
@@ -497,7 +509,7 @@ class KubeStore:
                 "(HTTP 401): mount a valid service-account token (or fix the kubeconfig's user)."
             )
         if status == 403:
-            resource = "secrets" if kind == "secret" else "leases.coordination.k8s.io"
+            resource = _RESOURCES[kind]
             return (
                 f"Kubernetes API refused to {verb} {what} (HTTP 403): the service account needs RBAC verb "
                 f"'{verb}' on {resource} '{name}' in namespace {self.namespace} (see deploy/k8s/shared-secret.yaml)."
@@ -574,6 +586,14 @@ class KubeStore:
         obj["metadata"] = metadata
         obj["data"] = {**_dict(obj.get("data")), DATA_KEY: encoded}
         return obj
+
+    # -- Deployment -------------------------------------------------------------------------------
+
+    async def roll_out(self, deployment: str, digest: str) -> None:
+        """Set the pod template's credentials annotation to ``digest``: the Deployment rolls its Pods."""
+        check_name("Deployment", deployment)
+        patch = {"spec": {"template": {"metadata": {"annotations": {ROLLOUT_ANNOTATION: digest}}}}}
+        await self._call("PATCH", "deployment", deployment, "patch", patch)
 
     # -- Lease ------------------------------------------------------------------------------------
 
@@ -766,12 +786,16 @@ def _parse(kube: KubeStore, data: dict[str, Any] | None) -> SavedRegistration | 
     return shared  # its secrets are registered for masking by the model
 
 
-async def _write_local(settings: Settings, registration_: SavedRegistration, deadline: Deadline) -> None:
-    """Put a registration into the credentials file (and env file): atomic, 0600, the file's format."""
+async def _write_local(
+    settings: Settings, registration_: SavedRegistration, deadline: Deadline, retired: list[Retired] | None = None
+) -> None:
+    """Put a registration (and the replaced ones still in their grace) into the Pod's files: atomic, private."""
     path, env_file = settings.dcr_client_file, settings.dcr_env_file
     async with store.locked(path, deadline.remaining):
         store.probe_writable(path, env_file)
         store.save(path, registration_, env_file, settings.file_mode)
+        if retired is not None:
+            store.save_retired(path, retired)
 
 
 async def _shared_run(settings: Settings, kube: KubeStore, deadline: Deadline) -> flow.Outcome:
@@ -780,7 +804,7 @@ async def _shared_run(settings: Settings, kube: KubeStore, deadline: Deadline) -
         shared = _parse(kube, data)
         if shared is not None:
             # The Secret is the workload's truth: its registration replaces whatever this Pod's file holds.
-            await _write_local(settings, shared, deadline)
+            await _write_local(settings, shared, deadline, _retired_in(data))
             logger.info("Loaded registration from Secret", client_id=shared.client_id, secret=_secret_name(kube))
         try:
             outcome = await _run_flow(settings, kube, deadline)
@@ -791,8 +815,36 @@ async def _shared_run(settings: Settings, kube: KubeStore, deadline: Deadline) -
                 logger.warning("Our run failed but another Pod has stored a registration; using it")
                 continue
             raise
-        return await _publish(settings, kube, outcome, data, version, deadline)
+        published = await _publish(settings, kube, outcome, data, version, deadline)
+        await _roll_out(settings, kube, shared, published.registration)
+        return published
     raise AssertionError("unreachable")
+
+
+def _retired_in(data: dict[str, Any] | None) -> list[Retired]:
+    """The replaced registrations the Secret keeps for their grace (see flow.retire); none if unreadable."""
+    try:
+        return [Retired.model_validate(item) for item in (data or {}).get(RETIRED_KEY) or []]
+    except (ValueError, TypeError):
+        logger.warning("The Secret's list of replaced registrations is unreadable; ignored")
+        return []
+
+
+def credentials_digest(registration: SavedRegistration) -> str:
+    """A short hash of what the app uses (client id and secret): it changes with them and reveals neither."""
+    secret = registration.client_secret.get_secret_value() if registration.client_secret else ""
+    return hashlib.sha256(f"{registration.client_id}\0{secret}".encode()).hexdigest()[:16]
+
+
+async def _roll_out(
+    settings: Settings, kube: KubeStore, before: SavedRegistration | None, after: SavedRegistration
+) -> None:
+    """DCR_K8S_ROLLOUT: a Deployment whose Pods read the credentials at start is rolled when they change."""
+    deployment = settings.dcr_k8s_rollout
+    if deployment is None or before is None or credentials_digest(before) == credentials_digest(after):
+        return  # the first registration: the Pods starting now read it anyway
+    await kube.roll_out(deployment, credentials_digest(after))
+    logger.info("Rolled out the Deployment for the new credentials", deployment=f"{kube.namespace}/{deployment}")
 
 
 async def _run_flow(settings: Settings, kube: KubeStore, deadline: Deadline) -> flow.Outcome:
@@ -849,8 +901,9 @@ async def _publish(
     our client (it landed), another one (theirs wins), or none (write again).
     """
     mine = outcome.registration
-    wanted = mine.to_file()
-    fresh = outcome.action == "registered"
+    retired = store.load_retired(settings.dcr_client_file)
+    wanted = mine.to_file() | ({RETIRED_KEY: [r.to_file() for r in retired]} if retired else {})
+    fresh = outcome.action in ("registered", "replaced")  # a client this run created
     undo = (
         flow.withdraw_on_failure(lambda: _withdraw_unshared(settings, kube, mine), mine.client_id)
         if fresh

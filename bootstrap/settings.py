@@ -287,6 +287,12 @@ class Settings(BaseSettings):
     dcr_k8s_namespace: str | None = Field(
         None, description="Namespace of the Secret and Lease (default: the Pod's own namespace)."
     )
+    dcr_k8s_rollout: str | None = Field(
+        None,
+        description="A Deployment (in the Secret's namespace) whose pod template gets a hash of the credentials "
+        "as an annotation when they change, so its Pods restart on the new ones (RBAC: patch on that "
+        "Deployment, by resourceNames).",
+    )
     dcr_k8s_allow_http: bool = Field(
         False,
         description="Allow a plain-http Kubernetes API server that is not on loopback (the bearer token and the "
@@ -325,7 +331,7 @@ class Settings(BaseSettings):
     def _octal(cls, value: object) -> object:
         return f"0{value}" if isinstance(value, str) and re.fullmatch(r"[0-7]{3}", value) else value
 
-    @field_validator("dcr_k8s_secret", "dcr_k8s_lease", "dcr_k8s_namespace")
+    @field_validator("dcr_k8s_secret", "dcr_k8s_lease", "dcr_k8s_namespace", "dcr_k8s_rollout")
     @classmethod
     def _k8s_name(cls, value: str | None) -> str | None:
         if value and not K8S_NAME.fullmatch(value):
@@ -514,10 +520,10 @@ class Settings(BaseSettings):
                 "DCR_K8S_SECRET shares a DCR registration, but USE_DCR=false; unset DCR_K8S_SECRET for static "
                 "credentials."
             )
-        if (self.dcr_k8s_lease or self.dcr_k8s_namespace) and not self.dcr_k8s_secret:
+        if (self.dcr_k8s_lease or self.dcr_k8s_namespace or self.dcr_k8s_rollout) and not self.dcr_k8s_secret:
             raise ConfigError(
-                "DCR_K8S_LEASE or DCR_K8S_NAMESPACE is set without DCR_K8S_SECRET; name the Secret that holds "
-                "the shared registration, or unset them."
+                "DCR_K8S_LEASE, DCR_K8S_NAMESPACE or DCR_K8S_ROLLOUT is set without DCR_K8S_SECRET; name the Secret "
+                "that holds the shared registration, or unset them."
             )
 
 

@@ -12,9 +12,19 @@ from pathlib import Path
 import pytest
 
 from bootstrap.errors import StorageError
-from bootstrap.k8s import DATA_KEY, KubeApi, KubeStore, LockTimeout, StoreConflict
+from bootstrap.k8s import (
+    DATA_KEY,
+    ROLLOUT_ANNOTATION,
+    KubeApi,
+    KubeStore,
+    LockTimeout,
+    StoreConflict,
+    credentials_digest,
+    run_shared,
+)
 from harness.kube import KubeServer
 from tests.conftest import base_env, run_cli
+from tests.fakeserver import FakeServer, serving, settings_for
 from tests.kube.pods import ACCOUNT, LEASE, SECRET, account_kubeconfig, apply_shared_rbac
 
 REGISTRATION = {"client_id": "c-1", "client_secret": "s3cr3t-value", "issuer": "http://127.0.0.1/realms/x"}
@@ -238,3 +248,36 @@ def test_no_kubernetes_api_is_a_configuration_error(tmp_path: Path) -> None:
     result = run_cli(env)
     assert result.code == 2, result.stderr
     assert "KUBECONFIG" in str(result.last["event"])
+
+
+async def test_a_renewed_secret_rolls_out_the_named_deployment_and_a_first_registration_does_not(
+    kube: KubeServer, admin_kubeconfig: Path, namespace: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DCR_K8S_ROLLOUT: the pod template gets the credentials' hash when they change (a rollout), not before."""
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "mcp-server", "namespace": namespace},
+        "spec": {
+            "selector": {"matchLabels": {"app": "mcp"}},
+            "template": {
+                "metadata": {"labels": {"app": "mcp"}},
+                "spec": {"containers": [{"name": "server", "image": "mcp-server:dev"}]},
+            },
+        },
+    }
+    kube.request("POST", f"/apis/apps/v1/namespaces/{namespace}/deployments", deployment)
+    monkeypatch.setenv("KUBECONFIG", str(admin_kubeconfig))
+
+    def annotation() -> str | None:
+        obj = kube.request("GET", f"/apis/apps/v1/namespaces/{namespace}/deployments/mcp-server")
+        return (obj["spec"]["template"]["metadata"].get("annotations") or {}).get(ROLLOUT_ANNOTATION)
+
+    async with serving(FakeServer(secret_lifetime=3600, rotate_on_update=True)) as server:
+        values = {"dcr_k8s_secret": "dcr", "dcr_k8s_namespace": namespace, "dcr_k8s_rollout": "mcp-server"}
+        settings = settings_for(server, tmp_path, dcr_client_name="mcp-server", **values)
+        await run_shared(settings)
+        assert annotation() is None  # the Pods starting now read the first registration anyway
+        renewed = await run_shared(settings_for(server, tmp_path, dcr_renew_before="2h", **values))
+        assert renewed.action == "renewed"
+        assert annotation() == credentials_digest(renewed.registration)

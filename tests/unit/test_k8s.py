@@ -701,3 +701,27 @@ def test_a_malformed_kubeconfig_is_a_storage_error(tmp_path: Path, config: dict[
     path.write_text(json.dumps(config))
     with pytest.raises(StorageError, match="kubeconfig"):
         KubeApi.from_kubeconfig(path)
+
+
+# --- the credential lifecycle in shared mode ---
+
+
+async def test_a_replaced_client_is_kept_in_the_secret_and_retired_by_another_pod_after_its_grace(
+    server: FakeServer, kube: FakeKube, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The registration a Pod replaced is listed in the Secret, so a Pod with a fresh folder deletes it later."""
+    server.secret_lifetime = 3600
+    for pod in ("pod-a", "pod-b", "pod-c"):
+        (tmp_path / pod).mkdir()
+    first = await k8s.run_shared(shared_settings(server, kube, tmp_path / "pod-a", monkeypatch))
+    replaced = await k8s.run_shared(
+        shared_settings(server, kube, tmp_path / "pod-b", monkeypatch, dcr_renew_before="2h", dcr_rotate_grace=0)
+    )
+    assert replaced.action == "replaced"
+    shared = kube.shared()
+    assert shared is not None and [r["registration"]["client_id"] for r in shared["retired"]] == [
+        first.registration.client_id
+    ]
+    await k8s.run_shared(shared_settings(server, kube, tmp_path / "pod-c", monkeypatch))
+    assert set(server.clients) == {replaced.registration.client_id}
+    assert "retired" not in (kube.shared() or {})
