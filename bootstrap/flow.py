@@ -151,16 +151,27 @@ async def run(settings: Settings, deadline: Deadline | None = None) -> Outcome:
                 saved = found
             server = await policy.call("discovery", discovery.discover, transport, settings.expected_issuer)
             ctx = _Run(transport, settings, server, policy, wanted)
-            await _tidy(ctx, {r.client_id for r in (saved, pending) if r is not None}, interrupted, retiring)
-            return await _decide(ctx, saved, pending)
+            return await _discovered(ctx, saved, pending, interrupted=interrupted, retiring=retiring)
 
 
-async def _tidy(ctx: _Run, in_use: set[str], interrupted: bool, retiring: bool) -> None:
-    """What earlier runs left: clients of killed POSTs, and replaced registrations past their grace."""
-    if interrupted:
-        await resolve_intents(ctx, in_use)
-    if retiring:
-        await retire(ctx, in_use)
+async def _discovered(
+    ctx: _Run, saved: SavedRegistration | None, pending: SavedRegistration | None, *, interrupted: bool, retiring: bool
+) -> Outcome:
+    """The run once the server is known: earlier runs' leftovers first, the decision, then retirements."""
+    if interrupted:  # clients that killed POSTs left: before anything registers anew
+        await resolve_intents(ctx, {r.client_id for r in (saved, pending) if r is not None})
+    outcome = await _decide(ctx, saved, pending)
+    if retiring or outcome.action == "replaced":
+        await _retire_quietly(ctx, outcome.registration.client_id)
+    return outcome
+
+
+async def _retire_quietly(ctx: _Run, in_use: str) -> None:
+    """Replaced registrations past their grace go once this run's outcome is saved; a failure is only logged."""
+    try:
+        await retire(ctx, {in_use})
+    except BootstrapError as exc:
+        logger.warning("Could not delete a replaced registration; the next run tries again", error=exc.line())
 
 
 async def _decide(ctx: _Run, saved: SavedRegistration | None, pending: SavedRegistration | None) -> Outcome:

@@ -307,6 +307,12 @@ class _Answer:
 # Where each kind of object we touch lives in the API, and its RBAC resource name.
 _API_PATHS = {"secret": "/api/v1", "lease": "/apis/coordination.k8s.io/v1", "deployment": "/apis/apps/v1"}
 _RESOURCES = {"secret": "secrets", "lease": "leases.coordination.k8s.io", "deployment": "deployments.apps"}
+def _encoded(body: dict[str, Any] | None) -> bytes | None:
+    return None if body is None else json.dumps(body).encode()
+
+
+# A PATCH is a JSON merge patch (RFC 7386); every other body is the object itself.
+_CONTENT_TYPES = {"PATCH": "application/merge-patch+json"}
 # The pod-template annotation that DCR_K8S_ROLLOUT sets: a change of its value rolls the Deployment out.
 ROLLOUT_ANNOTATION = "dcr-bootstrap/credentials-hash"
 
@@ -435,8 +441,8 @@ class KubeStore:
             async with self._session.request(
                 method,
                 url,
-                data=json.dumps(body).encode() if body is not None else None,
-                headers={"Content-Type": "application/merge-patch+json" if method == "PATCH" else "application/json"},
+                data=_encoded(body),
+                headers={"Content-Type": _CONTENT_TYPES.get(method, "application/json")},
                 allow_redirects=False,
                 timeout=aiohttp.ClientTimeout(total=min(self.attempt_timeout, remaining)),
             ) as resp:

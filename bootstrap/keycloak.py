@@ -214,7 +214,10 @@ async def _client_uuid(transport: Transport, base_url: str, realm: str, admin: s
     found = [uuid for _, cid, uuid in _listed(_list_of(resp.body)) if cid == client_id]
     if not found:
         raise AdminRejected(
-            status=404, error=None, description=None, what=f"Keycloak has no client {client_id} in realm {realm}",
+            status=404,
+            error=None,
+            description=None,
+            what=f"Keycloak has no client {client_id} in realm {realm}",
             hint="Check KEYCLOAK_REALM, or let the next run register a new client.",
         )
     return quote(found[0], safe="")

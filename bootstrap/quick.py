@@ -79,14 +79,14 @@ def load() -> dict[str, Any] | None:
         data = json.loads(read_own(path))  # a link or another user's file: the full path explains
     except (OSError, ValueError, Untrusted):
         return None
-    if not isinstance(data, dict):
-        return None
-    client_id, secret = data.get("client_id"), data.get("client_secret")
+    return data if isinstance(data, dict) and _plain(data.get("client_id"), data.get("client_secret")) else None
+
+
+def _plain(client_id: object, secret: object) -> bool:
+    """A client id and secret the full path would accept too (VSCHAR); anything else it explains in one line."""
     if not (isinstance(client_id, str) and client_id) or not isinstance(secret, str | None):
-        return None
-    if not all(" " <= ch <= "~" for ch in client_id + (secret or "")):
-        return None  # the full path refuses it in one line
-    return data
+        return False
+    return all(" " <= ch <= "~" for ch in client_id + (secret or ""))
 
 
 def env() -> str | None:

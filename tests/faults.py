@@ -11,11 +11,16 @@ asyncio's) without listing cases: whatever a future change adds is covered too.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Coroutine, Generator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+
+class Killed(Exception):  # what happened to the run, not an error of its own
+    """Raised by ``FaultAt.run`` with ``kill=True``: the run stopped dead at the fault, as under kill -9."""
 
 
 class Injected(Exception):
@@ -34,9 +39,17 @@ class FaultAt:
     armed: Callable[[], bool] = _always
     error: Callable[[str], BaseException] = Injected
     fired: bool = False
+    # kill: at the fault the run simply stops, as under kill -9: no except or finally of it runs before
+    # its files are judged (its socket is released and the coroutine closed afterwards, as the kernel would).
+    kill: bool = False
 
     async def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        result: T = await _Driver(coro, self)
+        try:
+            result: T = await _Driver(coro, self)
+        except Killed:
+            for _ in range(3):  # let the loop run what the cancelled future scheduled (releasing its socket)
+                await asyncio.sleep(0)
+            raise
         return result
 
 
@@ -65,6 +78,9 @@ class _Driver:
                     # (a socket registered with the selector, say) is released.
                     if isinstance(yielded, asyncio.Future):
                         yielded.cancel()
+                    if fault.kill:
+                        _bury(coro)
+                        raise Killed(f"killed at await {seen} after arming")
                     throw = fault.error(f"fault injected at await {seen} after arming")
                     continue
             try:
@@ -74,3 +90,9 @@ class _Driver:
                 raise
             except BaseException as exc:  # a cancellation of the task, passed on to the coroutine
                 throw = exc
+
+
+def _bury(coro: Coroutine[Any, Any, Any]) -> None:
+    """Close a killed run without letting it act: its finally blocks may release locks, never await."""
+    with contextlib.suppress(RuntimeError):  # a finally block tried to await: a killed process would not
+        coro.close()

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from bootstrap import flow, k8s, log, store
+from bootstrap import flow, k8s, lifecycle, log, store
 from bootstrap.errors import ConfigError, StorageError
 from bootstrap.k8s import DATA_KEY, KubeApi, KubeStore
 from bootstrap.settings import Settings
@@ -715,13 +715,15 @@ async def test_a_replaced_client_is_kept_in_the_secret_and_retired_by_another_po
         (tmp_path / pod).mkdir()
     first = await k8s.run_shared(shared_settings(server, kube, tmp_path / "pod-a", monkeypatch))
     replaced = await k8s.run_shared(
-        shared_settings(server, kube, tmp_path / "pod-b", monkeypatch, dcr_renew_before="2h", dcr_rotate_grace=0)
+        shared_settings(server, kube, tmp_path / "pod-b", monkeypatch, dcr_renew_before="2h", dcr_rotate_grace="10m")
     )
     assert replaced.action == "replaced"
     shared = kube.shared()
     assert shared is not None and [r["registration"]["client_id"] for r in shared["retired"]] == [
         first.registration.client_id
     ]
+    later = lifecycle.now() + 900  # past the grace, long before the new secret is due
+    monkeypatch.setattr(lifecycle, "now", lambda: later)
     await k8s.run_shared(shared_settings(server, kube, tmp_path / "pod-c", monkeypatch))
     assert set(server.clients) == {replaced.registration.client_id}
     assert "retired" not in (kube.shared() or {})
