@@ -307,6 +307,8 @@ class _Answer:
 # Where each kind of object we touch lives in the API, and its RBAC resource name.
 _API_PATHS = {"secret": "/api/v1", "lease": "/apis/coordination.k8s.io/v1", "deployment": "/apis/apps/v1"}
 _RESOURCES = {"secret": "secrets", "lease": "leases.coordination.k8s.io", "deployment": "deployments.apps"}
+
+
 def _encoded(body: dict[str, Any] | None) -> bytes | None:
     return None if body is None else json.dumps(body).encode()
 
