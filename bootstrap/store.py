@@ -29,9 +29,9 @@ import secrets
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from ._files import Untrusted, check_own, problem, read_own
 from .errors import StorageError
@@ -40,6 +40,7 @@ from .models import Intent, Retired, SavedRegistration
 
 log = get_logger()
 T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
 
 # What an env file may carry unquoted so that `.`/`source`, `docker --env-file` and systemd all read the
 # same value and nothing is expanded: no quotes, $, `, \, spaces, ~, globs or line breaks.
@@ -66,21 +67,31 @@ def retired_path(path: Path) -> Path:
 
 def load_retired(path: Path) -> list[Retired]:
     """Registrations replaced by a newer one and kept for their grace period (see ``flow``)."""
-    raw = read(retired_path(path))
-    if raw is None:
-        return []
-    try:
-        return [Retired.model_validate(item) for item in json.loads(raw)]
-    except (ValueError, TypeError, ValidationError):
-        log.warning("Unreadable list of replaced registrations ignored", path=str(retired_path(path)))
-        return []
+    return _load_list(retired_path(path), Retired, "list of replaced registrations")
 
 
 def save_retired(path: Path, retired: Sequence[Retired]) -> None:
-    if not retired:
-        remove(retired_path(path))
+    _save_list(retired_path(path), [r.to_file() for r in retired])
+
+
+def _load_list(target: Path, model: type[M], what: str) -> list[M]:
+    """A JSON list of ``model`` kept beside the file; an unreadable one is ignored with a warning."""
+    raw = read(target)
+    if raw is None:
+        return []
+    try:
+        return [model.model_validate(item) for item in json.loads(raw)]
+    except (ValueError, TypeError, ValidationError):
+        log.warning(f"Unreadable {what} ignored", path=str(target))
+        return []
+
+
+def _save_list(target: Path, items: list[dict[str, Any]]) -> None:
+    """The list, 0600 and atomic; no file at all when it is empty."""
+    if not items:
+        remove(target)
         return
-    write_private(retired_path(path), (json.dumps([r.to_file() for r in retired], indent=2) + "\n").encode())
+    write_private(target, (json.dumps(items, indent=2) + "\n").encode())
 
 
 def intent_path(path: Path) -> Path:
@@ -269,22 +280,11 @@ def clear_pending(path: Path) -> None:
 
 def load_intents(path: Path) -> list[Intent]:
     """Registrations asked for by runs that never recorded the answer (see ``flow``)."""
-    raw = read(intent_path(path))
-    if raw is None:
-        return []
-    try:
-        return [Intent.model_validate(item) for item in json.loads(raw)]
-    except (ValueError, TypeError, ValidationError):
-        log.warning("Unreadable registration intents ignored", path=str(intent_path(path)))
-        return []
+    return _load_list(intent_path(path), Intent, "registration intents")
 
 
 def save_intents(path: Path, intents: Sequence[Intent]) -> None:
-    if not intents:
-        remove(intent_path(path))
-        return
-    body = json.dumps([intent.model_dump() for intent in intents], indent=2) + "\n"
-    write_private(intent_path(path), body.encode())
+    _save_list(intent_path(path), [intent.model_dump() for intent in intents])
 
 
 def stamp() -> str:
