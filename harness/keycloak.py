@@ -104,6 +104,9 @@ class KeycloakServer:
     management_port: int = field(default_factory=free_port)
     admin_password: str = field(default_factory=lambda: uuid.uuid4().hex, repr=False)
     extra_args: tuple[str, ...] = ()
+    # The address it listens on, and a command prefix (``nsenter --net=...`` starts it in a network namespace).
+    host: str = LOOPBACK
+    launcher: tuple[str, ...] = ()
     log_path: Path | None = None
     startup_seconds: float | None = None
     rss_mib: float | None = None
@@ -111,11 +114,11 @@ class KeycloakServer:
 
     @property
     def url(self) -> str:
-        return f"http://{LOOPBACK}:{self.http_port}"
+        return f"http://{self.host}:{self.http_port}"
 
     @property
     def health_url(self) -> str:
-        return f"http://{LOOPBACK}:{self.management_port}/health/ready"
+        return f"http://{self.host}:{self.management_port}/health/ready"
 
     @property
     def pgid(self) -> int | None:
@@ -134,11 +137,12 @@ class KeycloakServer:
             }
         )
         args = [
+            *self.launcher,
             str(self.home / "bin" / "kc.sh"),
             "start-dev",
-            f"--http-host={LOOPBACK}",
+            f"--http-host={self.host}",
             f"--http-port={self.http_port}",
-            f"--http-management-host={LOOPBACK}",
+            f"--http-management-host={self.host}",
             f"--http-management-port={self.management_port}",
             "--health-enabled=true",
             "--db=dev-mem",

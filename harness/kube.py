@@ -221,18 +221,20 @@ def _ensure_binaries_locked(version: str, out: Path) -> Binaries:
     return Binaries(out / "etcd", out / "kube-apiserver", out / "kubectl")
 
 
-def _write_pki(pki: Path) -> None:
-    """A CA, a serving certificate for loopback, and a service-account signing key."""
-    from harness.tls import write_ca_and_server_cert, write_rsa_key_pair
+def _write_pki(pki: Path, host: str = LOOPBACK) -> None:
+    """A CA, a serving certificate for ``host``, a client CA (for kubeconfigs with certificates), and a
+    service-account signing key."""
+    from harness.tls import write_ca, write_ca_and_server_cert, write_rsa_key_pair
 
     pki.mkdir(parents=True, exist_ok=True)
     write_ca_and_server_cert(
         pki / "ca.crt",
         pki / "server.crt",
         pki / "server.key",
-        hosts=("localhost", "kubernetes.default.svc", LOOPBACK),
+        hosts=tuple(dict.fromkeys(("localhost", "kubernetes.default.svc", "kubernetes.default", LOOPBACK, host))),
         common_name="kube-apiserver",
     )
+    write_ca(pki / "client-ca.crt", pki / "client-ca.key", "dcr-bootstrap test client CA")
     write_rsa_key_pair(pki / "sa.key", pki / "sa.pub")
     for path in pki.iterdir():
         path.chmod(0o600)
@@ -253,6 +255,11 @@ class KubeServer:
     etcd_peer_port: int = field(default_factory=free_port)
     admin_token: str = field(default_factory=lambda: uuid.uuid4().hex, repr=False)
     workdir: Path | None = None
+    # Where the API server listens, and a command prefix for both processes (``nsenter --net=...`` puts them
+    # in a network namespace of the caller's; a real node's Pods reach the server there).
+    host: str = LOOPBACK
+    launcher: tuple[str, ...] = ()
+    extra_flags: dict[str, str] = field(default_factory=dict)
     startup_seconds: float | None = None
     rss_mib: float | None = None
     _proc: subprocess.Popen[bytes] | None = None
@@ -260,7 +267,7 @@ class KubeServer:
 
     @property
     def url(self) -> str:
-        return f"https://{LOOPBACK}:{self.port}"
+        return f"https://{self.host}:{self.port}"
 
     @property
     def ca_file(self) -> Path:
@@ -281,7 +288,7 @@ class KubeServer:
             self._tmp = tempfile.TemporaryDirectory(prefix="dcr-kube-")
             self.workdir = Path(self._tmp.name)
         pki = self.workdir / "pki"
-        _write_pki(pki)
+        _write_pki(pki, self.host)
         tokens = self.workdir / "tokens.csv"
         tokens.write_text(f'{self.admin_token},test-admin,test-admin,"{ADMIN_GROUP}"\n')
         tokens.chmod(0o600)
@@ -300,13 +307,14 @@ class KubeServer:
         apiserver = _command(
             self.binaries.apiserver,
             etcd_servers=etcd_url,
-            bind_address=LOOPBACK,
-            advertise_address=LOOPBACK,
+            bind_address=self.host,
+            advertise_address=self.host,
             secure_port=self.port,
             cert_dir=pki,
             tls_cert_file=pki / "server.crt",
             tls_private_key_file=pki / "server.key",
             token_auth_file=tokens,
+            client_ca_file=pki / "client-ca.crt",
             authorization_mode="RBAC",
             service_account_issuer=SA_ISSUER,
             service_account_key_file=pki / "sa.pub",
@@ -318,15 +326,15 @@ class KubeServer:
             # The kubernetes Service's endpoint may not be a loopback address; nothing here needs it.
             endpoint_reconciler_type="none",
             v=1,
-        )
+        ) + [f"--{name}={value}" for name, value in self.extra_flags.items()]
         import shlex
 
         # Either process exiting ends the group at once (wait_ready then shows the log), as does EOF on stdin.
         # SIGKILL, not SIGTERM: a terminating kube-apiserver whose etcd already left hangs for minutes, and
         # nothing here is worth a graceful shutdown (etcd's data is a temporary folder).
         script = (
-            f"{{ {shlex.join(etcd)} </dev/null; kill -KILL 0; }} & "
-            f"{{ {shlex.join(apiserver)} </dev/null; kill -KILL 0; }} & "
+            f"{{ {shlex.join([*self.launcher, *etcd])} </dev/null; kill -KILL 0; }} & "
+            f"{{ {shlex.join([*self.launcher, *apiserver])} </dev/null; kill -KILL 0; }} & "
             "read -r _ || true; kill -KILL 0"
         )
         self._started_at = time.monotonic()
@@ -388,6 +396,18 @@ class KubeServer:
         path.write_text(json.dumps(config))
         path.chmod(0o600)
         return path
+
+    def client_certificate(self, folder: Path, user: str, groups: tuple[str, ...] = ()) -> tuple[Path, Path]:
+        """A client certificate (and its key) the API server authenticates as ``user`` in ``groups``; mode 0600."""
+        from harness.tls import write_client_cert
+
+        assert self.workdir is not None
+        pki = self.workdir / "pki"
+        cert, key = folder / f"{user}.crt", folder / f"{user}.key"
+        write_client_cert(pki / "client-ca.crt", pki / "client-ca.key", cert, key, user=user, groups=groups)
+        for path in (cert, key):
+            path.chmod(0o600)
+        return cert, key
 
     def kubectl(self, *args: str, token: str | None = None, check: bool = True) -> str:
         assert self.workdir is not None

@@ -92,3 +92,59 @@ def write_rsa_key_pair(private: Path, public: Path, key_size: int = 2048) -> Non
     public.write_bytes(
         key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     )
+
+
+def write_ca(cert: Path, key: Path, name: str, valid_for: datetime.timedelta = datetime.timedelta(days=2)) -> None:
+    """A new self-signed CA (EC P-256) that may sign certificates: its certificate and its private key."""
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name(name))
+        .issuer_name(_name(name))
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - _BACKDATE)
+        .not_valid_after(now + valid_for)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    cert.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    key.write_bytes(pem_private_key(ca_key))
+
+
+def write_client_cert(
+    ca_cert: Path,
+    ca_key: Path,
+    cert: Path,
+    key: Path,
+    *,
+    user: str,
+    groups: Sequence[str] = (),
+    valid_for: datetime.timedelta = datetime.timedelta(days=1),
+) -> None:
+    """A client certificate signed by the CA in ``ca_cert``/``ca_key``: CN ``user``, one O per group (as
+    Kubernetes reads them)."""
+    issuer = x509.load_pem_x509_certificate(ca_cert.read_bytes())
+    signer = serialization.load_pem_private_key(ca_key.read_bytes(), password=None)
+    assert isinstance(signer, ec.EllipticCurvePrivateKey)
+    now = datetime.datetime.now(datetime.UTC)
+    client_key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name(
+        [x509.NameAttribute(NameOID.ORGANIZATION_NAME, group) for group in groups]
+        + [x509.NameAttribute(NameOID.COMMON_NAME, user)]
+    )
+    client = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer.subject)
+        .public_key(client_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - _BACKDATE)
+        .not_valid_after(now + valid_for)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .sign(signer, hashes.SHA256())
+    )
+    cert.write_bytes(client.public_bytes(serialization.Encoding.PEM))
+    key.write_bytes(pem_private_key(client_key))
