@@ -27,6 +27,11 @@ values: only names of settings, HTTP status codes and the server's own ``error``
     │   ├── CredentialsRejected ............ CREDENTIALS_REJECTED   the token endpoint refused them
     │   └── AdminRejected .................. ADMIN_REJECTED    Keycloak's admin API refused
     └── StorageError ....................... STORAGE           a file or the Secret: read, lock, write
+        ├── StoreConflict                       the Secret changed since it was read (409): re-read
+        ├── AmbiguousWrite                      a Secret write was sent, its answer lost: re-read
+        ├── InvalidSecret                       the Secret's registration key is unusable
+        ├── LockTimeout                         the Lease stayed held by another holder until the deadline
+        └── LeaseLost                           our Lease was taken or not renewed in time: stopped unwritten
 
 Lower-layer errors (aiohttp, OSError, pydantic) are translated into this tree at one
 boundary each (``_http.py``, ``store.py``, ``settings.py``) with ``raise ... from``.
@@ -114,6 +119,26 @@ class ConfigError(BootstrapError):
 
 class StorageError(BootstrapError):
     exit_code = ExitCode.STORAGE
+
+
+class StoreConflict(StorageError):
+    """The Secret changed (or was created) since it was read: re-read and reconcile."""
+
+
+class AmbiguousWrite(StorageError):
+    """A Secret write was sent but its answer was lost (or a 5xx/timeout): it may or may not have landed."""
+
+
+class InvalidSecret(StorageError):
+    """The Secret was read, and its registration key is unusable: it cannot be a client of ours."""
+
+
+class LockTimeout(StorageError):
+    """The Lease stayed held by another holder until the run's deadline."""
+
+
+class LeaseLost(StorageError):
+    """The Lease was taken by another holder, or not renewed within the renew deadline, while we ran."""
 
 
 class ServerNotReady(BootstrapError):

@@ -134,7 +134,8 @@ async def run(settings: Settings, deadline: Deadline | None = None) -> Outcome:
     policy = policy_for(settings, deadline)
     path, env_file = settings.dcr_client_file, settings.dcr_env_file
     transport = transport_for(settings, deadline)  # a bad DCR_CA_BUNDLE fails here, before the lock
-    async with store.locked(path, deadline.remaining):
+    before = store.version(path)
+    async with store.locked(path, deadline.remaining) as waited:
         store.sweep(path, env_file, store.pending_path(path))
         # Fail on an unwritable volume or unreadable file now: not after waiting, not after registering.
         store.probe_writable(path, env_file)
@@ -142,9 +143,14 @@ async def run(settings: Settings, deadline: Deadline | None = None) -> Outcome:
         pending = store.load_pending(path)
         interrupted = bool(store.load_intents(path))
         retiring = bool(store.load_retired(path))
+        clean = pending is None and not (interrupted or retiring)
+        if waited and clean and saved is not None and store.version(path) != before and usable_as_is(settings, saved):
+            # The run we waited for wrote it moments ago, after the server confirmed it: no request needed.
+            logger.info("Loaded registration for client", client_id=saved.client_id, waited=True)
+            return Outcome("reloaded", saved)
         async with transport:
             wanted = wanted_metadata(settings)
-            if pending is None and saved is not None and not (interrupted or retiring):
+            if clean and saved is not None:
                 found = await _quick_reload(transport, settings, policy, wanted, saved)
                 if isinstance(found, Outcome):
                     return found
@@ -447,6 +453,27 @@ async def withdraw(transport: Transport, new: Created, remedy: str = "delete it 
             f"{remedy}"
         )
     return True, f"Client {new.client_id} was created on the server and has been deleted again."
+
+
+async def withdraw_client(settings: Settings, new: Created) -> tuple[bool, str]:
+    """The seam for stores (the Kubernetes Secret): withdraw a client this run created and could not keep,
+    on its own short budget, trusting the issuer the registration names. (gone now, a sentence saying so)."""
+    issuer = getattr(new, "issuer", None)
+    async with transport_for(settings, Deadline(CLEANUP_TIMEOUT), issuer) as transport:
+        return await withdraw(transport, new)
+
+
+def usable_as_is(settings: Settings, saved: SavedRegistration) -> bool:
+    """Whether a registration another run saved moments ago (the one we waited for) serves these settings
+    without a request: the same server and mode, the metadata asked for, nothing due."""
+    return (
+        settings.use_dcr
+        and saved.mode == "dcr"
+        and saved.issuer is not None
+        and saved.issuer.rstrip("/") == settings.expected_issuer.rstrip("/")
+        and saved.metadata_fingerprint == wanted_metadata(settings).fingerprint
+        and not lifecycle.due(settings, saved)
+    )
 
 
 # --- a saved client ---

@@ -105,6 +105,15 @@ def _not_ours(exc: Untrusted) -> StorageError:
     )
 
 
+def version(path: Path) -> tuple[int, int, int] | None:
+    """What changes whenever the file is replaced (each save is a new inode): compared, never trusted."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
 def read(path: Path) -> bytes | None:
     """A file of ours in the folder, or None if there is none; never read through a link."""
     try:
@@ -352,10 +361,11 @@ def probe_writable(*paths: Path | None) -> None:
 
 
 @contextlib.asynccontextmanager
-async def locked(path: Path, remaining: Callable[[], float] | None = None) -> AsyncIterator[None]:
+async def locked(path: Path, remaining: Callable[[], float] | None = None) -> AsyncIterator[bool]:
     """Hold an exclusive lock beside ``path`` so two replicas sharing a volume never race.
 
-    Waits at most ``remaining()`` seconds, in small jittered polls that a signal can cancel.
+    Waits at most ``remaining()`` seconds, in small jittered polls that a signal can cancel. Yields
+    whether another process held it first (so made us wait).
     """
     lock_path = path.with_name(f"{_dotted(path)}.lock")
     try:
@@ -375,11 +385,13 @@ async def locked(path: Path, remaining: Callable[[], float] | None = None) -> As
         reason = problem(os.fstat(fd))
         if reason is not None:
             raise StorageError(f"The lock file {lock_path} {reason}; remove it and run again.")
+        waited = False
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
+                waited = True
                 left = remaining() if remaining is not None else 1.0
                 if left <= 0:
                     raise StorageError(
@@ -387,6 +399,6 @@ async def locked(path: Path, remaining: Callable[[], float] | None = None) -> As
                         "stuck replica, or raise DCR_WAIT_TIMEOUT."
                     ) from None
                 await asyncio.sleep(min(left, _LOCK_POLL * random.uniform(0.5, 1.5)))  # noqa: S311
-        yield
+        yield waited
     finally:
         os.close(fd)

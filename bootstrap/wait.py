@@ -33,6 +33,8 @@ PROBE_INTERVAL = 0.2
 # second on average, so the run notices it within a third of a second without pressing on it.
 NOT_READY = frozenset({404, 502, 503, 504})
 NOT_READY_INTERVAL = (0.2, 0.35)
+# Polling for a lock another process holds is not a retry: even in tests it yields for a moment.
+MIN_POLL = 0.01
 _zero_delays = False
 
 
@@ -68,6 +70,14 @@ class RetryPolicy:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_backoff", wait_random_exponential(multiplier=self.initial, max=self.maximum))
+
+    def pause(self, attempt: int, cap: float | None = None) -> float:
+        """The wait before poll ``attempt`` + 1 of something another process holds: this policy's backoff
+        (full jitter), at most ``cap``. Under ``no_backoff`` a token ``MIN_POLL``, so a poll never spins."""
+        if _zero_delays:
+            return MIN_POLL
+        ceiling = min(self.maximum, cap if cap is not None else self.maximum, self.initial * 2**attempt)
+        return random.uniform(0, ceiling)  # noqa: S311 - jitter, not crypto
 
     def delay(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None

@@ -25,7 +25,7 @@ import pytest
 from aiohttp import web
 
 from bootstrap import flow, k8s, lifecycle, log, store
-from bootstrap.errors import ConfigError, StorageError
+from bootstrap.errors import ConfigError, LockTimeout, StorageError
 from bootstrap.k8s import DATA_KEY, KubeApi, KubeStore
 from bootstrap.settings import Settings
 from bootstrap.wait import Deadline, RetryPolicy
@@ -498,15 +498,24 @@ async def test_a_hostile_read_or_lease_answer_is_a_storage_error_before_register
     [
         {"spec": "nonsense"},
         {"spec": {"holderIdentity": 5, "renewTime": 12, "leaseDurationSeconds": "x", "leaseTransitions": "y"}},
-        {"spec": {"holderIdentity": "other", "renewTime": "not a time", "acquireTime": ["x"]}},
     ],
 )
-async def test_a_malformed_lease_is_taken_over_or_refused_cleanly(kube: FakeKube, lease: dict[str, Any]) -> None:
-    """A Lease whose spec has wrong types is treated as expired (taken over), never a TypeError."""
+async def test_a_malformed_lease_is_taken_over_cleanly(kube: FakeKube, lease: dict[str, Any]) -> None:
+    """A Lease whose spec has wrong types names no holder: it is taken over, never a TypeError."""
     kube._store(("lease", NS, LEASE), {"metadata": {"name": LEASE}} | lease)
     async with kube_store(kube, lease=LEASE) as s:
         await s.acquire("pod-a", timeout=1)
         await s.release()
+
+
+async def test_a_held_lease_with_unreadable_times_is_waited_for_by_our_own_clock(kube: FakeKube) -> None:
+    """A holder's renewTime is never read: a Lease held with nonsense times is still held until it stays unchanged
+    for its duration on our clock, so a short wait ends in LockTimeout naming the holder."""
+    spec = {"holderIdentity": "other", "renewTime": "not a time", "acquireTime": ["x"], "leaseDurationSeconds": 60}
+    kube._store(("lease", NS, LEASE), {"metadata": {"name": LEASE}, "spec": spec})
+    async with kube_store(kube, lease=LEASE) as s:
+        with pytest.raises(LockTimeout, match="held by other"):
+            await s.acquire("pod-a", timeout=0.2)
 
 
 @pytest.mark.parametrize(
@@ -566,6 +575,8 @@ async def test_a_fault_at_any_await_after_registering_leaves_no_orphan(
             fired = fault.fired
             await _settle()
             consistent(server, kube, f"trial {n}, {fault}")
+            # A fault inside the release leaves the Lease held until it expires; let it have expired.
+            kube.objects.pop(("lease", NS, LEASE), None)
             await k8s.run_shared(settings)
             assert len(server.clients) == 1, f"trial {n}: {len(server.clients)} clients"
             consistent(server, kube)

@@ -1,0 +1,42 @@
+"""The workload's one registration in a Kubernetes Secret, with a Lease as the cross-Pod lock.
+
+Imported only when ``DCR_K8S_SECRET`` is set, so the default path starts no slower. Plain REST over
+aiohttp (already a dependency): get, create and update of one Secret and one Lease do not justify a
+generated client of the whole API. By layer, each module using only the ones above it:
+
+    _config   where the API server is and how to authenticate (in-cluster files, kubeconfig)
+    _client   KubeClient: one request with its retries and checks; nothing but BootstrapError leaves it
+    _lease    LeaseLock: leader election as client-go does it (unique holder, our own clock)
+    _store    KubeStore: the Secret (and the Deployment to roll), holding the LeaseLock
+    _shared   run_shared: flow.run under the Lease, with the Secret as the workload's truth
+"""
+
+from ..errors import AmbiguousWrite, InvalidSecret, LeaseLost, LockTimeout, StoreConflict
+from ._client import KubeClient
+from ._config import SERVICE_ACCOUNT_DIR, KubeApi, check_name
+from ._lease import LEASE_DURATION, RENEW_DEADLINE, RETRY_PERIOD, LeaseLock, holder_identity
+from ._shared import credentials_digest, run_shared
+from ._store import DATA_KEY, RETIRED_KEY, ROLLOUT_ANNOTATION, KubeStore
+
+__all__ = [
+    "DATA_KEY",
+    "LEASE_DURATION",
+    "RENEW_DEADLINE",
+    "RETIRED_KEY",
+    "RETRY_PERIOD",
+    "ROLLOUT_ANNOTATION",
+    "SERVICE_ACCOUNT_DIR",
+    "AmbiguousWrite",
+    "InvalidSecret",
+    "KubeApi",
+    "KubeClient",
+    "KubeStore",
+    "LeaseLock",
+    "LeaseLost",
+    "LockTimeout",
+    "StoreConflict",
+    "check_name",
+    "credentials_digest",
+    "holder_identity",
+    "run_shared",
+]
