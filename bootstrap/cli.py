@@ -91,6 +91,8 @@ def run(argv: Sequence[str] | None = None) -> int:
             sys.stdout.write(text)
             sys.stdout.flush()
             return int(ExitCode.OK)
+        if command == "run":
+            quick.take_lock()  # before the imports: runs started together then line up behind the first
         from . import commands  # the settings model, the network stack and the logger
 
         return commands.execute(command, args)

@@ -134,8 +134,7 @@ async def run(settings: Settings, deadline: Deadline | None = None) -> Outcome:
     policy = policy_for(settings, deadline)
     path, env_file = settings.dcr_client_file, settings.dcr_env_file
     transport = transport_for(settings, deadline)  # a bad DCR_CA_BUNDLE fails here, before the lock
-    before = store.version(path)
-    async with store.locked(path, deadline.remaining) as waited:
+    async with store.locked(path, deadline.remaining) as turn:
         store.sweep(path, env_file, store.pending_path(path))
         # Fail on an unwritable volume or unreadable file now: not after waiting, not after registering.
         store.probe_writable(path, env_file)
@@ -144,20 +143,34 @@ async def run(settings: Settings, deadline: Deadline | None = None) -> Outcome:
         interrupted = bool(store.load_intents(path))
         retiring = bool(store.load_retired(path))
         clean = pending is None and not (interrupted or retiring)
-        if waited and clean and saved is not None and store.version(path) != before and usable_as_is(settings, saved):
+        if clean and saved is not None and turn.written_meanwhile(path) and usable_as_is(settings, saved):
             # The run we waited for wrote it moments ago, after the server confirmed it: no request needed.
             logger.info("Loaded registration for client", client_id=saved.client_id, waited=True)
             return Outcome("reloaded", saved)
-        async with transport:
-            wanted = wanted_metadata(settings)
-            if clean and saved is not None:
-                found = await _quick_reload(transport, settings, policy, wanted, saved)
-                if isinstance(found, Outcome):
-                    return found
-                saved = found
-            server = await policy.call("discovery", discovery.discover, transport, settings.expected_issuer)
-            ctx = _Run(transport, settings, server, policy, wanted)
-            return await _discovered(ctx, saved, pending, interrupted=interrupted, retiring=retiring)
+        return await _checked(transport, settings, policy, saved, pending, clean, interrupted, retiring)
+
+
+async def _checked(
+    transport: Transport,
+    settings: Settings,
+    policy: RetryPolicy,
+    saved: SavedRegistration | None,
+    pending: SavedRegistration | None,
+    clean: bool,
+    interrupted: bool,
+    retiring: bool,
+) -> Outcome:
+    """The run under the lock, from the server: a quick reload, else discovery and the full decision."""
+    async with transport:
+        wanted = wanted_metadata(settings)
+        if clean and saved is not None:
+            found = await _quick_reload(transport, settings, policy, wanted, saved)
+            if isinstance(found, Outcome):
+                return found
+            saved = found
+        server = await policy.call("discovery", discovery.discover, transport, settings.expected_issuer)
+        ctx = _Run(transport, settings, server, policy, wanted)
+        return await _discovered(ctx, saved, pending, interrupted=interrupted, retiring=retiring)
 
 
 async def _discovered(

@@ -1,17 +1,24 @@
-"""'env' and 'show' with the standard library alone.
+"""'env' and 'show' with the standard library alone, and the early try of the folder's lock for 'run'.
 
 ``entrypoint.sh`` runs ``dcr-bootstrap env`` on every start of the server it wraps, so these two
 commands read the saved file without pydantic, aiohttp or structlog (a few milliseconds instead of
 a few hundred). They serve only the plain case: a file that parses, named by DCR_CLIENT_FILE or the
 default, and no ``.env`` file that could name another. Anything else returns None and the CLI takes
 the full path, which explains the problem in its one line.
+
+``take_lock`` tries the credentials folder's lock as the CLI starts, before the imports that take a
+few hundred milliseconds: of many runs started together on one folder, the first holds it from then
+on, and the others know they waited for it, so they reuse what it writes instead of asking the
+server again (``store.locked`` adopts the held lock, or the news that it was busy).
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shlex
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -97,3 +104,59 @@ def env() -> str | None:
 def show() -> str | None:
     saved = load()
     return None if saved is None else show_text(saved)
+
+
+@dataclass(frozen=True)
+class Early:
+    """The CLI's early try of a folder's lock: the lock file, the held descriptor, or whether it was busy."""
+
+    lock: Path | None = None
+    fd: int | None = None
+    busy: bool = False
+    version: list[int] | None = None  # the credentials file's, when it was found busy
+
+
+_early = Early()
+
+
+def _version(path: Path) -> list[int] | None:  # as store.version, without its imports
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return [st.st_ino, st.st_mtime_ns, st.st_size]
+
+
+def take_lock() -> None:
+    """Try the lock of DCR_CLIENT_FILE's folder without waiting; keep it if free, note it if busy."""
+    global _early
+    path = _client_file()
+    try:
+        if path is None or not path.name:
+            return  # the full path's case: store.locked does it all, and explains
+        lock = _beside(path, "lock")
+        lock.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # as store.locked would, a moment later
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    except (OSError, ValueError):
+        return  # store.locked explains
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        _early = Early(lock.absolute(), busy=True, version=_version(path))
+        return
+    except OSError:
+        os.close(fd)
+        return
+    _early = Early(lock.absolute(), fd)
+
+
+def adopt_lock(lock: Path) -> Early:
+    """The early try of this very lock file (a held descriptor is the caller's from now on), else a blank one."""
+    global _early
+    early, _early = _early, Early()
+    if early.lock is not None and early.lock == lock.absolute():
+        return early
+    if early.fd is not None:
+        os.close(early.fd)
+    return Early()

@@ -27,12 +27,14 @@ import random
 import re
 import secrets
 from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from . import quick
 from ._files import Untrusted, check_own, problem, read_own
 from .errors import StorageError
 from .log import get_logger
@@ -105,13 +107,17 @@ def _not_ours(exc: Untrusted) -> StorageError:
     )
 
 
-def version(path: Path) -> tuple[int, int, int] | None:
+def version(path: Path) -> list[int] | None:
     """What changes whenever the file is replaced (each save is a new inode): compared, never trusted."""
     try:
         st = os.lstat(path)
     except OSError:
         return None
-    return st.st_ino, st.st_mtime_ns, st.st_size
+    return [st.st_ino, st.st_mtime_ns, st.st_size]
+
+
+def _lock_path(path: Path) -> Path:
+    return path.with_name(f"{_dotted(path)}.lock")
 
 
 def read(path: Path) -> bytes | None:
@@ -360,17 +366,34 @@ def probe_writable(*paths: Path | None) -> None:
             ) from None
 
 
+@dataclass(frozen=True)
+class Turn:
+    """How we got the lock: ``waited`` for another holder (seen here, or by the CLI's early try,
+    ``quick.take_lock``), and the credentials file's ``version`` when the wait began."""
+
+    waited: bool
+    before: list[int] | None
+
+    def written_meanwhile(self, path: Path) -> bool:
+        """The run we waited for replaced the file while we waited."""
+        return self.waited and version(path) != self.before
+
+
 @contextlib.asynccontextmanager
-async def locked(path: Path, remaining: Callable[[], float] | None = None) -> AsyncIterator[bool]:
+async def locked(path: Path, remaining: Callable[[], float] | None = None) -> AsyncIterator[Turn]:
     """Hold an exclusive lock beside ``path`` so two replicas sharing a volume never race.
 
-    Waits at most ``remaining()`` seconds, in small jittered polls that a signal can cancel. Yields
-    whether another process held it first (so made us wait).
+    Waits at most ``remaining()`` seconds, in small jittered polls that a signal can cancel.
     """
-    lock_path = path.with_name(f"{_dotted(path)}.lock")
+    lock_path = _lock_path(path)
+    early = quick.adopt_lock(lock_path)
     try:
         lock_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        fd = (
+            early.fd
+            if early.fd is not None
+            else os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        )
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise StorageError(
@@ -385,13 +408,14 @@ async def locked(path: Path, remaining: Callable[[], float] | None = None) -> As
         reason = problem(os.fstat(fd))
         if reason is not None:
             raise StorageError(f"The lock file {lock_path} {reason}; remove it and run again.")
-        waited = False
+        waited, before = early.busy, early.version
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
-                waited = True
+                if not waited:
+                    waited, before = True, version(path)
                 left = remaining() if remaining is not None else 1.0
                 if left <= 0:
                     raise StorageError(
@@ -399,6 +423,6 @@ async def locked(path: Path, remaining: Callable[[], float] | None = None) -> As
                         "stuck replica, or raise DCR_WAIT_TIMEOUT."
                     ) from None
                 await asyncio.sleep(min(left, _LOCK_POLL * random.uniform(0.5, 1.5)))  # noqa: S311
-        yield waited
+        yield Turn(waited, before)
     finally:
         os.close(fd)

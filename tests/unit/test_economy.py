@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
-from bootstrap import flow
+from bootstrap import flow, store
 from tests.fakeserver import FakeServer, saved, settings_for
 
 
@@ -54,3 +55,36 @@ async def test_restart_with_changed_settings_discovers_and_updates(server: FakeS
     outcome = await flow.run(settings_for(server, tmp_path, dcr_client_name="renamed"))
     assert outcome.action == "updated"
     assert server.clients[outcome.registration.client_id]["client_name"] == "renamed"
+
+
+async def test_a_run_that_waited_for_the_lock_uses_the_file_written_meanwhile_without_a_request(
+    server: FakeServer, tmp_path: Path
+) -> None:
+    """The run we waited for saved a checked registration while we waited: we use it and ask the server nothing."""
+    first = await flow.run(settings_for(server, tmp_path / "elsewhere"))
+    settings = settings_for(server, tmp_path)
+    server.seen.clear()
+    async with store.locked(settings.dcr_client_file):  # another run holds the folder
+        follower = asyncio.create_task(flow.run(settings))
+        for _ in range(5):  # let it reach its lock poll
+            await asyncio.sleep(0)
+        assert not follower.done()
+        store.save(settings.dcr_client_file, first.registration)  # what that run saved
+    outcome = await asyncio.wait_for(follower, timeout=10)
+    assert outcome.action == "reloaded" and outcome.registration.client_id == first.registration.client_id
+    assert server.seen == []
+
+
+async def test_a_run_that_waited_for_the_lock_but_finds_the_file_unchanged_checks_it_with_the_server(
+    server: FakeServer, tmp_path: Path
+) -> None:
+    """A file not written during the wait proves nothing about the server: the usual one-request reload runs."""
+    await flow.run(settings_for(server, tmp_path))
+    settings = settings_for(server, tmp_path)
+    server.seen.clear()
+    async with store.locked(settings.dcr_client_file):
+        follower = asyncio.create_task(flow.run(settings))
+        for _ in range(5):
+            await asyncio.sleep(0)
+    outcome = await asyncio.wait_for(follower, timeout=10)
+    assert outcome.action == "reloaded" and len(server.seen) == 1
