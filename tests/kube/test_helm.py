@@ -1,0 +1,451 @@
+"""The Helm chart (deploy/helm/dcr-bootstrap) keeps the plain manifests' promises in both modes.
+
+Rendering and linting need the helm binary (built once per machine by ``harness.helm``), so every test
+here is marked ``kube`` explicitly; the dry-runs and installs also use the real kube-apiserver.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import subprocess
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from harness import helm
+from harness.kube import KubeServer
+from harness.process import HarnessError
+
+pytestmark = [pytest.mark.kube, pytest.mark.integration]
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "deploy" / "helm" / "dcr-bootstrap"
+TOKEN_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"
+RELEASE = "shop"
+FULLNAME = "shop-dcr-bootstrap"
+
+# Value combinations the dry-run proves; each one changes what the Pod or the RBAC looks like.
+COMBINATIONS: dict[str, dict[str, Any]] = {
+    "shared-defaults": {"mode": "shared"},
+    "shared-watch-rollout-named": {
+        "mode": "shared",
+        "replicaCount": 3,
+        "shared": {"secretName": "mcp-creds", "leaseName": "mcp-lock", "rollout": True, "watch": True},
+        "clientName": "mcp-server",
+        "issuer": {"internalUrl": "http://keycloak.keycloak.svc.cluster.local:8080"},
+    },
+    "shared-existing-account": {"mode": "shared", "serviceAccount": {"create": False, "name": "workload"}},
+    "sidecar-defaults": {"mode": "sidecar"},
+    "sidecar-any-issuer": {
+        "mode": "sidecar",
+        "issuer": {"keycloakUrl": "", "realm": "", "url": "https://auth.example.com", "caBundle": {"configMap": "ca"}},
+        "initialAccessToken": {"existingSecret": ""},
+        "credentials": {"fileMode": "0640", "envFileName": ".dcr_client.env"},
+        "server": {"port": None, "args": ["--transport", "stdio"], "env": [{"name": "LOG_LEVEL", "value": "info"}]},
+        "bootstrap": {"env": [{"name": "DCR_SCOPE", "value": "mcp:tools"}], "watchInterval": "5m"},
+    },
+}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def helm_binary() -> Path:
+    """helm v3.22.0, built once per machine; unavailable fails in CI and skips elsewhere, like the kube fixture."""
+    try:
+        return helm.ensure_helm()
+    except (HarnessError, OSError) as exc:
+        line = f"helm unavailable: {str(exc).splitlines()[0] if str(exc) else 'unknown'}"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(line, pytrace=False)
+        pytest.skip(line)
+
+
+def render(values: dict[str, Any], namespace: str = "shop-ns") -> list[dict[str, Any]]:
+    return helm.template(CHART, RELEASE, namespace, values)
+
+
+def kinds(documents: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {doc["kind"]: doc for doc in documents}
+
+
+def pod_spec(documents: list[dict[str, Any]]) -> dict[str, Any]:
+    return dict(kinds(documents)["Deployment"]["spec"]["template"]["spec"])
+
+
+def bootstrapper(documents: list[dict[str, Any]]) -> dict[str, Any]:
+    return dict(pod_spec(documents)["initContainers"][0])
+
+
+def env_of(container: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value") for e in container.get("env", [])}
+
+
+def refused(values: dict[str, Any]) -> str:
+    """helm's message for values it refuses (and an error if it accepts them)."""
+    try:
+        helm.template_text(CHART, RELEASE, "shop-ns", values)
+    except HarnessError as exc:
+        return str(exc)
+    raise AssertionError(f"helm template accepted {values}")
+
+
+# -- lint and metadata ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["shared", "sidecar"])
+def test_chart_lints_clean_in_each_mode(mode: str) -> None:
+    """helm lint --strict reports no warning or error."""
+    result = helm.lint(CHART, {"mode": mode}, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "[WARNING]" not in result.stdout and "[ERROR]" not in result.stdout, result.stdout
+
+
+def test_app_version_is_the_project_version_and_the_default_image_tag() -> None:
+    """Chart.yaml's appVersion is pyproject's version, and the bootstrapper's image defaults to it."""
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert chart["appVersion"] == version
+    assert chart["kubeVersion"] == ">=1.29.0-0"
+    assert bootstrapper(render({}))["image"] == f"dcr-bootstrap:{version}"
+
+
+def test_every_object_carries_the_standard_labels() -> None:
+    """app.kubernetes.io/name, instance, version, managed-by and helm.sh/chart on every object and the Pods."""
+    documents = render({})
+    wanted = {"app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/version"}
+    wanted |= {"app.kubernetes.io/managed-by", "helm.sh/chart"}
+    for doc in documents:
+        assert wanted <= set(doc["metadata"]["labels"]), doc["kind"]
+    assert wanted <= set(kinds(documents)["Deployment"]["spec"]["template"]["metadata"]["labels"])
+
+
+def test_every_object_names_the_release_namespace() -> None:
+    """`helm template | kubectl apply` lands every object in the release's namespace, not the context's."""
+    assert {doc["metadata"].get("namespace") for doc in render({}, namespace="shop-ns")} == {"shop-ns"}
+
+
+# -- shared mode ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "shared", [{}, {"secretName": "mcp-creds", "leaseName": "mcp-lock"}], ids=["derived-names", "given-names"]
+)
+def test_shared_role_grants_get_and_update_on_exactly_the_secret_and_lease_the_pod_names(
+    shared: dict[str, str],
+) -> None:
+    """The Role's only rules: get/update on the one Secret and one Lease that DCR_K8S_SECRET/LEASE name."""
+    documents = render({"mode": "shared", "shared": shared})
+    env = env_of(bootstrapper(documents))
+    objects = kinds(documents)
+    rules = objects["Role"]["rules"]
+    assert sorted((r["apiGroups"], r["resources"], r["resourceNames"]) for r in rules) == [
+        ([""], ["secrets"], [env["DCR_K8S_SECRET"]]),
+        (["coordination.k8s.io"], ["leases"], [env["DCR_K8S_LEASE"]]),
+    ]
+    assert all(r["verbs"] == ["get", "update"] for r in rules)
+    assert (
+        objects["Secret"]["metadata"]["name"]
+        == env["DCR_K8S_SECRET"]
+        == shared.get("secretName", f"{FULLNAME}-dcr-client")
+    )
+    assert (
+        objects["Lease"]["metadata"]["name"] == env["DCR_K8S_LEASE"] == shared.get("leaseName", f"{FULLNAME}-dcr-lock")
+    )
+
+
+def test_shared_role_is_bound_to_the_pods_service_account_only() -> None:
+    """The RoleBinding binds that Role to the Deployment's ServiceAccount in the release namespace."""
+    documents = render({"mode": "shared"})
+    binding = kinds(documents)["RoleBinding"]
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": kinds(documents)["Role"]["metadata"]["name"],
+    }
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": pod_spec(documents)["serviceAccountName"], "namespace": "shop-ns"}
+    ]
+
+
+def test_rollout_adds_patch_on_the_release_deployment_alone() -> None:
+    """shared.rollout=true sets DCR_K8S_ROLLOUT to the Deployment and grants patch on that one name."""
+    documents = render({"mode": "shared", "shared": {"rollout": True}})
+    deployment = kinds(documents)["Deployment"]["metadata"]["name"]
+    assert env_of(bootstrapper(documents))["DCR_K8S_ROLLOUT"] == deployment
+    extra = [r for r in kinds(documents)["Role"]["rules"] if r["apiGroups"] == ["apps"]]
+    assert extra == [
+        {"apiGroups": ["apps"], "resources": ["deployments"], "resourceNames": [deployment], "verbs": ["patch"]}
+    ]
+
+
+def test_shared_secret_is_rendered_empty_and_kept_on_uninstall() -> None:
+    """The Secret has no data (an upgrade never touches the tool's) and helm.sh/resource-policy: keep."""
+    secret = kinds(render({"mode": "shared"}))["Secret"]
+    assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    assert "data" not in secret and "stringData" not in secret
+
+
+def test_only_the_bootstrapper_gets_a_service_account_token() -> None:
+    """No automount anywhere; the projected token is mounted into dcr-bootstrap and into no server container."""
+    documents = render({"mode": "shared"})
+    spec = pod_spec(documents)
+    assert spec["automountServiceAccountToken"] is False
+    assert kinds(documents)["ServiceAccount"]["automountServiceAccountToken"] is False
+    assert any(m["mountPath"] == TOKEN_PATH for m in spec["initContainers"][0]["volumeMounts"])
+    token_volumes = {
+        v["name"]
+        for v in spec["volumes"]
+        if any("serviceAccountToken" in s for s in v.get("projected", {}).get("sources", []))
+    }
+    assert token_volumes == {"kube-api-access"}
+    for container in spec["containers"]:
+        mounts = container.get("volumeMounts", [])
+        assert not any(m["mountPath"] == TOKEN_PATH or m["name"] in token_volumes for m in mounts), container["name"]
+
+
+def test_shared_mode_runs_once_per_pod_start_unless_asked_to_watch() -> None:
+    """By default an init container (no restartPolicy, no watch); shared.watch=true makes it a watch sidecar."""
+    once = bootstrapper(render({"mode": "shared"}))
+    assert "restartPolicy" not in once and "command" not in once
+    watching = bootstrapper(render({"mode": "shared", "shared": {"watch": True}}))
+    assert watching["restartPolicy"] == "Always" and watching["command"] == ["dcr-bootstrap", "watch"]
+    assert "DCR_DELETE_ON_EXIT" not in env_of(watching)
+
+
+# -- sidecar mode ---------------------------------------------------------------------------------
+
+
+def test_sidecar_is_native_with_a_startup_probe_on_the_credentials_file() -> None:
+    """restartPolicy Always, `dcr-bootstrap watch`, and a startup probe that passes once the file is written."""
+    container = bootstrapper(render({"mode": "sidecar"}))
+    assert container["restartPolicy"] == "Always"
+    assert container["command"] == ["dcr-bootstrap", "watch"]
+    assert container["startupProbe"]["exec"]["command"] == ["test", "-s", env_of(container)["DCR_CLIENT_FILE"]]
+
+
+def test_sidecar_registers_a_client_per_pod_and_deletes_it_on_exit() -> None:
+    """DCR_DELETE_ON_EXIT=true, a client name with {hostname}, no DCR_K8S_* settings."""
+    env = env_of(bootstrapper(render({"mode": "sidecar"})))
+    assert env["DCR_DELETE_ON_EXIT"] == "true"
+    assert env["DCR_CLIENT_NAME"] == f"{FULLNAME}-{{hostname}}"
+    assert not any(name.startswith("DCR_K8S_") for name in env)
+
+
+def test_sidecar_mode_grants_no_api_access_and_mounts_no_token() -> None:
+    """No Secret, Lease, Role or RoleBinding, and no service-account token volume."""
+    documents = render({"mode": "sidecar"})
+    assert {doc["kind"] for doc in documents} == {"ServiceAccount", "Service", "Deployment"}
+    assert not any("projected" in v for v in pod_spec(documents)["volumes"])
+
+
+# -- both modes -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["shared", "sidecar"])
+def test_initial_access_token_is_a_mounted_file_never_an_environment_value(mode: str) -> None:
+    """DCR_INITIAL_ACCESS_TOKEN_FILE points into the read-only Secret volume; no env var carries the token."""
+    spec = pod_spec(render({"mode": mode}))
+    container = spec["initContainers"][0]
+    env = env_of(container)
+    assert "DCR_INITIAL_ACCESS_TOKEN" not in env
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "dcr-initial-access-token")
+    assert mount["readOnly"] is True
+    assert env["DCR_INITIAL_ACCESS_TOKEN_FILE"] == f"{mount['mountPath']}/token"
+    volume = next(v for v in spec["volumes"] if v["name"] == "dcr-initial-access-token")
+    assert volume["secret"]["secretName"] == "dcr-initial-access-token"
+    for each in spec["initContainers"] + spec["containers"]:
+        assert not any("valueFrom" in e for e in each.get("env", [])), each["name"]
+
+
+@pytest.mark.parametrize("mode", ["shared", "sidecar"])
+def test_server_reads_the_credentials_from_the_shared_in_memory_volume_read_only(mode: str) -> None:
+    """Both containers mount the Memory emptyDir (the server read-only) and get the same DCR_CLIENT_FILE."""
+    spec = pod_spec(render({"mode": mode}))
+    server, boot = spec["containers"][0], spec["initContainers"][0]
+    assert env_of(server)["DCR_CLIENT_FILE"] == env_of(boot)["DCR_CLIENT_FILE"] == "/var/lib/dcr/.dcr_client.json"
+    volume = next(v for v in spec["volumes"] if v["name"] == "dcr-credentials")
+    assert volume["emptyDir"]["medium"] == "Memory"
+    assert next(m for m in server["volumeMounts"] if m["name"] == "dcr-credentials")["readOnly"] is True
+
+
+@pytest.mark.parametrize("name", sorted(COMBINATIONS))
+def test_every_container_has_the_restricted_security_context(name: str) -> None:
+    """runAsNonRoot, seccomp RuntimeDefault, read-only root filesystem, no escalation, all capabilities dropped."""
+    spec = pod_spec(render(COMBINATIONS[name]))
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    for container in spec["initContainers"] + spec["containers"]:
+        ctx = container["securityContext"]
+        assert ctx["readOnlyRootFilesystem"] is True and ctx["allowPrivilegeEscalation"] is False
+        assert ctx["capabilities"]["drop"] == ["ALL"]
+
+
+def test_settings_map_to_the_tools_environment_names() -> None:
+    """issuer.*, credentials.* and bootstrap.* reach the bootstrapper as the DCR_*/KEYCLOAK_* settings."""
+    env = env_of(bootstrapper(render(COMBINATIONS["sidecar-any-issuer"])))
+    assert env["DCR_ISSUER"] == "https://auth.example.com"
+    assert env["DCR_CA_BUNDLE"] == "/etc/dcr-ca/ca.crt"
+    assert env["DCR_FILE_MODE"] == "0640"
+    assert env["DCR_ENV_FILE"] == "/var/lib/dcr/.dcr_client.env"
+    assert env["DCR_WATCH_INTERVAL"] == "5m" and env["DCR_SCOPE"] == "mcp:tools"
+    assert not {"KEYCLOAK_URL", "KEYCLOAK_REALM", "DCR_INITIAL_ACCESS_TOKEN_FILE"} & set(env)
+
+
+# -- values refused -------------------------------------------------------------------------------
+
+
+def test_schema_refuses_an_unknown_mode_naming_the_allowed_ones() -> None:
+    """mode: both fails at /mode with the two allowed values."""
+    message = refused({"mode": "both"})
+    assert "/mode" in message and "'shared', 'sidecar'" in message
+
+
+def test_schema_refuses_an_unknown_key() -> None:
+    """A misspelt value (shared.secretname) is an error, not silently ignored."""
+    assert "secretname" in refused({"shared": {"secretname": "x"}})
+
+
+def test_shared_only_values_with_sidecar_mode_stop_with_what_to_change() -> None:
+    """shared.rollout with mode: sidecar is refused with a message naming both."""
+    message = refused({"mode": "sidecar", "shared": {"rollout": True}})
+    assert "shared.rollout" in message and "mode: shared" in message
+
+
+def test_no_issuer_stops_with_what_to_set() -> None:
+    """Neither issuer.url nor keycloakUrl+realm is refused, naming the values to set."""
+    message = refused({"issuer": {"keycloakUrl": "", "realm": ""}})
+    assert "issuer.url" in message and "issuer.keycloakUrl" in message
+
+
+def test_extra_environment_cannot_override_what_the_chart_derives() -> None:
+    """bootstrap.env may not set DCR_DELETE_ON_EXIT (it would undo the mode's choice)."""
+    assert "DCR_DELETE_ON_EXIT" in refused({"bootstrap": {"env": [{"name": "DCR_DELETE_ON_EXIT", "value": "true"}]}})
+
+
+# -- a real API server ----------------------------------------------------------------------------
+
+
+def _dry_run(kube: KubeServer, kubeconfig: Path, namespace: str, manifest: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            str(kube.binaries.kubectl),
+            f"--kubeconfig={kubeconfig}",
+            "apply",
+            "--dry-run=server",
+            "--warnings-as-errors",
+            f"--namespace={namespace}",
+            "-f",
+            str(manifest),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize("name", sorted(COMBINATIONS))
+def test_rendered_chart_applies_under_restricted_pod_security_without_warnings(
+    kube: KubeServer, namespace: str, admin_kubeconfig: Path, tmp_path: Path, name: str
+) -> None:
+    """kubectl apply --dry-run=server --warnings-as-errors accepts the output in a 'restricted' namespace."""
+    manifest = tmp_path / "rendered.yaml"
+    manifest.write_text(helm.template_text(CHART, RELEASE, namespace, COMBINATIONS[name]))
+    result = _dry_run(kube, admin_kubeconfig, namespace, manifest)
+    assert result.returncode == 0, result.stderr
+    assert "Warning" not in result.stderr
+
+
+def test_weakened_security_values_are_refused_by_the_api_server(
+    kube: KubeServer, namespace: str, admin_kubeconfig: Path, tmp_path: Path
+) -> None:
+    """A root-capable, privileged Pod from overridden values is refused: the dry-run above can fail."""
+    values = {
+        "podSecurityContext": {"runAsNonRoot": False},
+        "securityContext": {"privileged": True, "allowPrivilegeEscalation": True},
+    }
+    manifest = tmp_path / "weakened.yaml"
+    manifest.write_text(helm.template_text(CHART, RELEASE, namespace, values))
+    result = _dry_run(kube, admin_kubeconfig, namespace, manifest)
+    assert result.returncode != 0
+    assert "PodSecurity" in result.stderr or "violate" in result.stderr
+
+
+@pytest.fixture
+def installed(kube: KubeServer, namespace: str, admin_kubeconfig: Path) -> Iterator[str]:
+    """The chart installed (shared mode) into the namespace; yields the Secret's name."""
+    helm.install(admin_kubeconfig, CHART, RELEASE, namespace, {"mode": "shared"})
+    yield f"{FULLNAME}-dcr-client"
+    helm.run("uninstall", RELEASE, "--namespace", namespace, check=False, kubeconfig=admin_kubeconfig)
+
+
+def _fill_secret(kube: KubeServer, namespace: str, secret: str, document: bytes) -> None:
+    """Write the Secret as the tool does: the dcr_client.json key and its managed-by label."""
+    path = f"/api/v1/namespaces/{namespace}/secrets/{secret}"
+    current = kube.request("GET", path)
+    current["data"] = {"dcr_client.json": base64.b64encode(document).decode()}
+    current["metadata"]["labels"]["app.kubernetes.io/managed-by"] = "dcr-bootstrap"
+    kube.request("PUT", path, current)
+
+
+def _stored(kube: KubeServer, namespace: str, secret: str) -> bytes:
+    data = kube.request("GET", f"/api/v1/namespaces/{namespace}/secrets/{secret}").get("data") or {}
+    return base64.b64decode(data.get("dcr_client.json", ""))
+
+
+def test_installed_role_lets_the_account_reach_its_two_objects_and_nothing_more(
+    kube: KubeServer, namespace: str, installed: str
+) -> None:
+    """kubectl auth can-i as the chart's ServiceAccount: get/update its Secret and Lease; no other verb or Secret."""
+    account = f"--as=system:serviceaccount:{namespace}:{FULLNAME}"
+
+    def can(verb: str, resource: str) -> bool:
+        answer = kube.kubectl("auth", "can-i", verb, resource, account, f"--namespace={namespace}", check=False)
+        return answer.strip().splitlines()[0] == "yes"
+
+    allowed = [
+        (verb, obj) for verb in ("get", "update") for obj in (f"secret/{installed}", f"lease/{FULLNAME}-dcr-lock")
+    ]
+    denied = [("delete", f"secret/{installed}"), ("get", "secret/dcr-initial-access-token"), ("list", "secrets")]
+    denied += [("create", "secrets"), ("watch", "secrets"), ("patch", f"deployment/{FULLNAME}")]
+    assert [(v, o) for v, o in allowed if not can(v, o)] == []
+    assert [(v, o) for v, o in denied if can(v, o)] == []
+
+
+def test_upgrade_leaves_the_registration_in_the_secret(
+    kube: KubeServer, namespace: str, admin_kubeconfig: Path, installed: str
+) -> None:
+    """helm upgrade after the tool wrote the Secret keeps its dcr_client.json."""
+    document = b'{"client_id": "test-client"}'
+    _fill_secret(kube, namespace, installed, document)
+    helm.install(admin_kubeconfig, CHART, RELEASE, namespace, {"mode": "shared", "replicaCount": 2})
+    if _stored(kube, namespace, installed) != document:
+        raise AssertionError("helm upgrade changed the registration in the shared Secret")
+
+
+def test_uninstall_keeps_the_secret_and_a_reinstall_takes_it_over(
+    kube: KubeServer, namespace: str, admin_kubeconfig: Path, installed: str
+) -> None:
+    """helm uninstall leaves the filled Secret; install --take-ownership adopts it with the registration intact."""
+    document = b'{"client_id": "test-client"}'
+    _fill_secret(kube, namespace, installed, document)
+    helm.run("uninstall", RELEASE, "--namespace", namespace, kubeconfig=admin_kubeconfig)
+    if _stored(kube, namespace, installed) != document:
+        raise AssertionError("helm uninstall removed or changed the shared Secret")
+    helm.install(admin_kubeconfig, CHART, RELEASE, namespace, {"mode": "shared"}, extra=("--take-ownership",))
+    if _stored(kube, namespace, installed) != document:
+        raise AssertionError("the reinstall changed the registration in the shared Secret")
+
+
+def test_a_plain_reinstall_over_the_kept_secret_is_refused_by_helm(
+    kube: KubeServer, namespace: str, admin_kubeconfig: Path, installed: str
+) -> None:
+    """Without --take-ownership helm refuses the Secret the tool relabelled, which is why README.md names the flag."""
+    _fill_secret(kube, namespace, installed, b'{"client_id": "test-client"}')
+    helm.run("uninstall", RELEASE, "--namespace", namespace, kubeconfig=admin_kubeconfig)
+    with pytest.raises(HarnessError, match=f"(?s)Secret.*{installed}.*managed-by"):
+        helm.install(admin_kubeconfig, CHART, RELEASE, namespace, {"mode": "shared"})
