@@ -287,6 +287,11 @@ class Settings(BaseSettings):
     dcr_k8s_namespace: str | None = Field(
         None, description="Namespace of the Secret and Lease (default: the Pod's own namespace)."
     )
+    dcr_k8s_context: str | None = Field(
+        None,
+        description="The kubeconfig context to use instead of its current-context (with KUBECONFIG, which is then "
+        "used even in a Pod).",
+    )
     dcr_k8s_rollout: str | None = Field(
         None,
         description="A Deployment (in the Secret's namespace) whose pod template gets a hash of the credentials "

@@ -19,7 +19,7 @@ from typing import Any
 
 import aiohttp
 
-from .. import __version__
+from .. import __version__, log
 from .._http import json_object, read_capped, retry_after, retryable, text_fields
 from ..errors import AmbiguousWrite, MalformedResponse, ServerNotReady, StorageError, Unavailable, printable
 from ..wait import Deadline, RetryPolicy
@@ -29,6 +29,7 @@ from ._config import KubeApi, check_name, dict_or_empty, text_or_none
 DEFAULT_TIMEOUT = 120.0
 ATTEMPT_TIMEOUT = 10.0
 MESSAGE_LIMIT = 200
+logger = log.get_logger()
 API_HINT = "Check that the Kubernetes API server is up and reachable, or raise DCR_WAIT_TIMEOUT."
 
 
@@ -37,6 +38,7 @@ class _Answer:
     status: int
     body: dict[str, Any] | None  # the JSON object, or None when the body is not one
     location: str | None = None
+    generation: int = 0  # of the credentials it was sent with (Credentials.generation)
 
 
 # Where each kind of object we touch lives in the API, and its RBAC resource name.
@@ -68,28 +70,46 @@ class KubeClient:
         self.policy = dataclasses.replace(policy or RetryPolicy(Deadline(DEFAULT_TIMEOUT)), hint=API_HINT)
         self.attempt_timeout = attempt_timeout
         self._session: aiohttp.ClientSession | None = None
+        self._retired: list[aiohttp.ClientSession] = []
+        self._identity: tuple[bytes, bytes] | None = None
 
     async def __aenter__(self) -> KubeClient:
+        self._session = self._open(None)
+        return self
+
+    def _open(self, identity: tuple[bytes, bytes] | None) -> aiohttp.ClientSession:
+        """A session whose TLS presents the kubeconfig's client certificate, or ``identity`` (an exec plugin's).
+
+        The bearer token is no default header: each request carries the current one (it rotates)."""
         headers = {
             "Accept": "application/json",
             "User-Agent": f"dcr-bootstrap/{__version__}",
             "Accept-Encoding": "gzip, deflate",
         }
-        if self.api.token:
-            headers["Authorization"] = f"Bearer {self.api.token}"
-        connector = aiohttp.TCPConnector(ssl=self.api.ssl_context())
+        connector = aiohttp.TCPConnector(ssl=self.api.ssl_context(identity))
+        self._identity = identity
         # auto_decompress off: read_capped inflates at most MAX_BODY, a gzip bomb never becomes gigabytes.
-        self._session = aiohttp.ClientSession(
+        return aiohttp.ClientSession(
             headers=headers, connector=connector, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar()
         )
-        return self
+
+    async def _session_for(self, identity: tuple[bytes, bytes] | None) -> aiohttp.ClientSession:
+        """The session for this client identity: a new one when an exec plugin handed out a new certificate."""
+        if self._session is None:
+            raise RuntimeError("KubeClient used outside 'async with'")
+        if identity != self._identity:
+            # Requests in flight keep the old session; it is closed with the client.
+            self._retired.append(self._session)
+            self._session = self._open(identity)
+        return self._session
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        for session in [*self._retired, *([self._session] if self._session is not None else [])]:
+            await session.close()
+        self._retired.clear()
+        self._session = None
 
     def _path(self, kind: str, name: str | None = None) -> str:
         base = f"{_API_PATHS[kind]}/namespaces/{self.namespace}/{_RESOURCES[kind].split('.')[0]}"
@@ -117,6 +137,15 @@ class KubeClient:
         what = self._what(kind, name)
         try:
             answer = await policy.call(f"{verb} {what}", self._attempt, method, kind, name, body, policy.deadline)
+            # A token rotated (or an exec credential revoked) since we fetched it: once more with fresh ones.
+            # The API server authenticates before anything else, so nothing of a rejected request was applied.
+            if answer.status == 401 and await self.api.credentials.renew(
+                answer.generation, policy.deadline.remaining()
+            ):
+                logger.info(
+                    "Kubernetes API rejected our credentials; retrying once with renewed ones", server=self.api.server
+                )
+                answer = await policy.call(f"{verb} {what}", self._attempt, method, kind, name, body, policy.deadline)
         except ServerNotReady as exc:  # the store's failures are StorageErrors (exit 6), whatever the cause
             raise StorageError(f"Kubernetes API at {self.api.server}: {exc}") from None
         return answer.status, self._check(answer, verb, kind, name, accept)
@@ -124,24 +153,29 @@ class KubeClient:
     async def _attempt(
         self, method: str, kind: str, name: str, body: dict[str, Any] | None, deadline: Deadline
     ) -> _Answer:
-        if self._session is None:
-            raise RuntimeError("KubeClient used outside 'async with'")
         remaining = deadline.remaining()
         if remaining <= 0:
             raise Unavailable("no time left before DCR_WAIT_TIMEOUT", out_of_time=True)
+        auth = await self.api.credentials.current(remaining)
+        session = await self._session_for(auth.identity)
+        headers = {"Content-Type": _CONTENT_TYPES.get(method, "application/json")}
+        if auth.token:
+            headers["Authorization"] = f"Bearer {auth.token}"
+        remaining = deadline.remaining()  # an exec plugin may have taken some
         url = self.api.server + self._path(kind, None if method == "POST" else name)
         # Lease writes are safe to repeat (a resourceVersion or AlreadyExists makes a repeat a 409), and so is
         # a merge patch; a Secret write whose answer is lost is resolved by re-reading the Secret
         # (AmbiguousWrite), not by repeating.
         safe = method in ("GET", "PATCH") or kind == "lease"
         try:
-            async with self._session.request(
+            async with session.request(
                 method,
                 url,
                 data=_encoded(body),
-                headers={"Content-Type": _CONTENT_TYPES.get(method, "application/json")},
+                headers=headers,
                 allow_redirects=False,
-                timeout=aiohttp.ClientTimeout(total=min(self.attempt_timeout, remaining)),
+                timeout=aiohttp.ClientTimeout(total=max(0.001, min(self.attempt_timeout, remaining))),
+                server_hostname=self.api.tls_server_name,
             ) as resp:
                 status, location = resp.status, resp.headers.get("Location")
                 raw = await read_capped(resp, url)
@@ -159,7 +193,7 @@ class KubeClient:
             raise AmbiguousWrite(
                 f"The Kubernetes API answered HTTP {status} to the {method} of {self._what(kind, name)}"
             )
-        return _Answer(status, json_object(raw), location)
+        return _Answer(status, json_object(raw), location, auth.generation)
 
     def _unreadable(self, method: str, kind: str, name: str, safe: bool) -> StorageError:
         text = (
@@ -209,7 +243,8 @@ class KubeClient:
         if status == 401:
             return (
                 f"Kubernetes API at {self.api.server} rejected our credentials when trying to {verb} {what} "
-                "(HTTP 401): mount a valid service-account token (or fix the kubeconfig's user)."
+                "(HTTP 401): mount a valid service-account token (or fix the kubeconfig's user: its token, "
+                "certificate or exec plugin)."
             )
         if status == 403:
             resource = _RESOURCES[kind]

@@ -58,6 +58,7 @@ async def run_shared(settings: Settings) -> flow.Outcome:
         allow_http=settings.dcr_k8s_allow_http,
         policy=flow.policy_for(settings, deadline),
         attempt_timeout=settings.dcr_attempt_timeout,
+        context=settings.dcr_k8s_context or None,
     )
     async with kube:
         if kube.lock is None:

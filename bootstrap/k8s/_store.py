@@ -64,9 +64,11 @@ class KubeStore:
         allow_http: bool = False,
         policy: RetryPolicy | None = None,
         attempt_timeout: float = ATTEMPT_TIMEOUT,
+        context: str | None = None,
     ) -> KubeStore:
-        """In-cluster config when running in a Pod, else ``kubeconfig`` (or ``$KUBECONFIG``); checked before use."""
-        api = KubeApi.from_environment(kubeconfig).check(allow_http=allow_http)
+        """In-cluster config when running in a Pod, else ``kubeconfig`` (or ``$KUBECONFIG``, at ``context`` if
+        given); checked before use."""
+        api = KubeApi.from_environment(kubeconfig, context).check(allow_http=allow_http)
         return cls(
             api, namespace or api.default_namespace, secret, lease, policy=policy, attempt_timeout=attempt_timeout
         )
