@@ -61,6 +61,18 @@ def test_three_pods_starting_at_once_register_exactly_one_client(cluster: Cluste
         result.assert_clean(cluster.iat, shared["client_secret"], shared["registration_access_token"])
 
 
+def test_two_runs_with_one_host_name_still_take_turns_on_the_lease(cluster: Cluster, admin: Admin) -> None:
+    """Two processes with the same HOSTNAME are two holders: one registers, the other reuses it, both exit 0."""
+    before = admin.count_clients(cluster.realm)
+    first = cluster.pod()
+    second = cluster.pod(HOSTNAME=first.name)
+    results = run_at_once([first, second])
+    assert [r.code for r in results] == [0, 0], last_events(results)
+    assert sorted(_actions(results)) == ["registered", "reloaded"]
+    assert admin.count_clients(cluster.realm) == before + 1
+    assert first.registration()["client_id"] == second.registration()["client_id"]
+
+
 def test_rolling_restart_keeps_the_one_client(cluster: Cluster, admin: Admin) -> None:
     """Three new Pods (new names, empty folders) after the first three reuse the client in the Secret."""
     first = run_at_once(cluster.pods(3, "mcp-server-a"))

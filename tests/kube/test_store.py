@@ -98,21 +98,25 @@ async def test_lease_acquire_times_out(admin_kubeconfig: Path, namespace: str) -
             await second.acquire("pod-b", timeout=0.5)
 
 
-async def test_expired_lease_is_taken_over(kube: KubeServer, admin_kubeconfig: Path, namespace: str) -> None:
-    """A Lease whose holder stopped renewing is taken over."""
-    old = (datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=5)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+@pytest.mark.parametrize("skew", [datetime.timedelta(minutes=-5), datetime.timedelta(hours=1)], ids=["behind", "ahead"])
+async def test_a_lease_its_holder_stopped_renewing_is_taken_over_after_its_duration_on_our_clock(
+    kube: KubeServer, admin_kubeconfig: Path, namespace: str, skew: datetime.timedelta
+) -> None:
+    """A gone holder's Lease is taken over once unchanged for its duration on our clock, whatever its clock wrote."""
+    stamp = (datetime.datetime.now(datetime.UTC) + skew).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     kube.request(
         "POST",
         f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases",
         {
             "metadata": {"name": "dcr-lock"},
-            "spec": {"holderIdentity": "dead-pod", "leaseDurationSeconds": 15, "renewTime": old, "acquireTime": old},
+            "spec": {"holderIdentity": "gone-pod", "leaseDurationSeconds": 1, "renewTime": stamp, "acquireTime": stamp},
         },
     )
     async with _store(admin_kubeconfig, namespace) as store:
-        await store.acquire("pod-b", timeout=2)
+        await store.acquire("pod-b", timeout=10)
     lease = kube.request("GET", f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases/dcr-lock")
     assert lease["spec"]["holderIdentity"] == "pod-b"
+    assert lease["spec"]["leaseTransitions"] == 1
 
 
 async def test_a_write_keeps_what_others_put_on_the_secret(
