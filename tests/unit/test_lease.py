@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ from aiohttp import web
 
 from bootstrap import k8s
 from bootstrap.errors import LeaseLost
-from bootstrap.k8s import LeaseLock, holder_identity
+from bootstrap.k8s import LeaseLock, _store, holder_identity
 from bootstrap.wait import Deadline
 from tests.fakeserver import FakeServer, serving
 from tests.unit.test_k8s import LEASE, NS, FakeKube, Handler, kube, kube_store, outside_a_pod, shared_settings
@@ -162,3 +163,32 @@ async def test_a_pod_that_waited_for_the_lease_uses_the_registration_written_mea
     assert outcome.action == "reloaded" and outcome.registration.client_id == first.registration.client_id
     assert server.seen == []
     assert (tmp_path / "pod-b" / "client.json").exists()
+
+
+async def test_a_run_that_loses_its_lease_mid_flow_writes_nothing_and_withdraws_its_new_client(
+    kube: FakeKube, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Lease is taken while the run waits for its token: the run stops with LeaseLost, the Secret stays
+    unwritten, and the client it had just registered is deleted again."""
+    monkeypatch.setattr(
+        _store, "LeaseLock", functools.partial(LeaseLock, duration=3, renew_deadline=2, retry_period=0.05)
+    )
+
+    async def passed(request: web.Request, handler: Handler) -> web.StreamResponse:
+        return await handler(request)
+
+    async def usurped(request: web.Request, handler: Handler) -> web.StreamResponse:
+        held_by(kube, "usurper", leaseDurationSeconds=60)
+        return await handler(request)
+
+    kube.trick("GET lease", passed, usurped)  # the acquiring read, then the renewer's first one
+    gate = asyncio.Event()
+    async with serving(FakeServer()) as server:
+        server.gates["POST /connect/token"] = gate  # the run is still proving its new client
+        try:
+            with pytest.raises(LeaseLost):
+                await asyncio.wait_for(k8s.run_shared(shared_settings(server, kube, tmp_path, monkeypatch)), 10)
+        finally:
+            gate.set()
+    assert server.registered == 1 and server.clients == {}
+    assert kube.shared() is None and kube.seen.count("PUT secret") == kube.seen.count("POST secret") == 0
