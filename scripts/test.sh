@@ -13,7 +13,8 @@ status=0
 
 # No server the harnesses started may outlive the test session (they promise it; check it from outside).
 cache="${XDG_CACHE_HOME:-$HOME/.cache}/dcr-bootstrap"
-for pattern in "kc.home.dir=$(pwd)/.cache/keycloak" "$cache/kube/.*/(etcd|kube-apiserver) "; do
+for pattern in "kc.home.dir=$(pwd)/.cache/keycloak" "$cache/kube/.*/(etcd|kube-apiserver) " \
+  "$cache/kube-node/.*/(kubelet|kube-controller-manager|kube-scheduler) |/dcr-node-[0-9a-f]{6}/containerd\.(toml|sock)"; do
   if pgrep -f "$pattern" >/dev/null; then
     echo "FAILED: a server started by the tests outlived the test session:" >&2
     pgrep -af "$pattern" >&2

@@ -21,6 +21,7 @@ from harness.process import HarnessError, group_alive
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTAINERS = ROOT / "tests" / "containers"
+NODE = ROOT / "tests" / "node"
 
 
 def _real(item: pytest.Item, name: str) -> bool:
@@ -35,6 +36,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         costs = [name for name in ("keycloak", "kube") if _real(item, name)]
         if CONTAINERS in Path(str(item.fspath)).parents:
             costs.append("docker")
+        if NODE in Path(str(item.fspath)).parents:
+            # A real node needs the Docker engine (images) and the kube binaries too: every existing
+            # `-m "not docker"` or `-m "not kube"` leaves it out as well.
+            costs += [c for c in ("node", "docker", "kube") if c not in costs]
         for cost in costs:
             item.add_marker(cost)
         if costs:

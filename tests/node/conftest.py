@@ -1,0 +1,117 @@
+"""Session fixtures for the node stage: a real node, its own kube-apiserver and Keycloak, the images.
+
+``harness.node`` runs containerd, kubelet, kube-controller-manager and kube-scheduler in a network
+namespace of the run's own; kube-apiserver and Keycloak for this stage listen on the node's address in
+that namespace, so the Pods and the test process both reach them (the session's other servers on
+loopback are untouched). The images the manifests name are built with Docker (as the container stage
+builds them) and imported into the node's containerd. If any of it cannot start, the tests fail in CI
+(``CI=true``) with one line and are skipped with that line elsewhere.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from harness.docker import Engine, EngineUnavailable, build_image, ensure_engine, ensure_python_base, timed
+from harness.keycloak import Admin, KeycloakServer
+from harness.kube import KubeServer, ensure_binaries
+from harness.node import Node, apiserver_flags, ensure_node_binaries, ensure_pause_image
+from harness.process import HarnessError, group_alive
+
+ROOT = Path(__file__).resolve().parents[2]
+BOOTSTRAP_IMAGE = "dcr-bootstrap:0.1.0"
+SERVER_IMAGE = "dcr-bootstrap-example-mcp-server:dev"
+
+
+def _unavailable(reason: str) -> None:
+    line = f"node stage unavailable: {reason.splitlines()[0] if reason else 'unknown'}"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(line, pytrace=False)
+    pytest.skip(line)
+
+
+@dataclass
+class Cluster:
+    """The stage's node, API server, Keycloak and Docker engine."""
+
+    node: Node
+    kube: KubeServer
+    keycloak: KeycloakServer
+    engine: Engine
+
+    def admin(self) -> Admin:
+        return self.keycloak.admin()
+
+
+def _images(engine: Engine, node: Node) -> list[str]:
+    """The images the manifests name, built like the container stage builds them, and the pause image."""
+    python = ensure_python_base(engine.env)
+    pip = [f"--build-arg={name}" for name in ("PIP_INDEX_URL", "PIP_TRUSTED_HOST") if os.environ.get(name)]
+    base = ["--build-arg", f"PYTHON_IMAGE={python}", *pip]
+    build_image(engine.env, BOOTSTRAP_IMAGE, ROOT, ROOT / "Dockerfile", *base)
+    server = ROOT / "examples" / "mcp-server"
+    build_image(engine.env, SERVER_IMAGE, server, server / "Dockerfile", *base)
+    return [ensure_pause_image(engine.env, node.binaries.pause), BOOTSTRAP_IMAGE, SERVER_IMAGE]
+
+
+def _start(started: list[Node | KubeServer | KeycloakServer]) -> Cluster:
+    with timed("node: binaries (build once)"):
+        node_binaries = ensure_node_binaries()
+        kube_binaries = ensure_binaries()
+    engine = ensure_engine()
+    node = Node(binaries=node_binaries).prepare()
+    started.append(node)
+    keycloak = KeycloakServer(host=node.address, launcher=node.launcher, log_path=node.layout.logs / "keycloak.log")
+    started.append(keycloak.spawn())
+    kube = KubeServer(binaries=kube_binaries, host=node.address, launcher=node.launcher, extra_flags=apiserver_flags())
+    started.append(kube)
+    with timed("node: kube-apiserver ready"):
+        kube.start()
+    with timed("node: node Ready (containerd, kubelet, controller-manager, scheduler)"):
+        node.start(kube)
+    with timed("node: images built and imported"):
+        node.import_images(engine.env, *_images(engine, node))
+    with timed("node: Keycloak ready"):
+        keycloak.wait_ready()
+    return Cluster(node, kube, keycloak, engine)
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Cluster]:
+    """One node with its own API server and Keycloak for the session; nothing of them is left after it."""
+    started: list[Node | KubeServer | KeycloakServer] = []
+    problem = ""
+    try:
+        found = _start(started)
+    except (HarnessError, EngineUnavailable, OSError) as exc:
+        problem = str(exc)
+        for server in reversed(started):
+            server.stop()
+    if problem:
+        _unavailable(problem)
+    groups = [found.node.pgid, found.kube.pgid, found.keycloak.pgid]
+    try:
+        yield found
+    finally:
+        for server in (found.node, found.kube, found.keycloak):
+            server.stop()
+        found.engine.stop()
+    assert all(g is not None and not group_alive(g) for g in groups), "a node-stage process outlived the session"
+    assert not found.node.leftovers(), f"the node left {found.node.leftovers()}"
+
+
+def pytest_terminal_summary(terminalreporter: object) -> None:
+    from harness.docker import TIMINGS as STEPS
+
+    rows = [(step, seconds) for step, seconds in STEPS if step.startswith("node:")]
+    if not rows:
+        return
+    write = terminalreporter.write_line  # type: ignore[attr-defined]
+    terminalreporter.section("node stage")  # type: ignore[attr-defined]
+    for step, seconds in rows:
+        write(f"time {seconds:6.1f} s  {step}")

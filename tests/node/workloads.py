@@ -1,0 +1,214 @@
+"""The project's manifests on the real node: applied with explicit, minimal substitutions, and observed.
+
+The substitutions (nothing else of a manifest changes, its securityContext never):
+
+* ``KEYCLOAK_URL``, ``DCR_INTERNAL_URL`` and ``MCP_ISSUER_URL``: the stage's Keycloak (there is no DNS,
+  so no ``keycloak.example.com``);
+* for the ``dcr-bootstrap`` container only, ``KUBERNETES_SERVICE_HOST``/``PORT``: the API server's own
+  address (there is no kube-proxy; the kubelet's values, the ``kubernetes`` Service's ClusterIP, are
+  checked by tests/node/test_in_cluster.py);
+* ``spec.replicas`` when a test asks for another count.
+
+The initial access token Secret is created as the manifests' comments say (``kubectl create secret``).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import json
+import time
+import urllib.parse
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from harness.keycloak import Admin, AdminError, KeycloakServer, client_credentials_token
+from harness.kube import KubeServer
+from harness.node import Node
+from tests.containers.test_compose_stack import mcp_whoami
+
+ROOT = Path(__file__).resolve().parents[2]
+MANIFESTS = ROOT / "deploy" / "k8s"
+RESTRICTED = {f"pod-security.kubernetes.io/{mode}": "restricted" for mode in ("enforce", "warn", "audit")} | {
+    f"pod-security.kubernetes.io/{mode}-version": "latest" for mode in ("enforce", "warn", "audit")
+}
+APP = "app.kubernetes.io/name=mcp-server"
+CALLER = "mcp-caller"
+T = TypeVar("T")
+
+
+def eventually(probe: Callable[[], T | None], timeout: float, what: str, explain: Callable[[], str] = str) -> T:
+    """Poll ``probe`` until it returns something other than None or False, within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value is not None and value is not False:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout:.0f}s. {explain()}")
+        time.sleep(0.5)
+
+
+def log_time(line: str) -> datetime.datetime:
+    """The timestamp ``kubectl logs --timestamps`` puts before a line (nanoseconds cut to microseconds)."""
+    stamp = line.split(" ", 1)[0]
+    whole, _, fraction = stamp.rstrip("Z").partition(".")
+    return datetime.datetime.fromisoformat(f"{whole}.{(fraction + '000000')[:6]}+00:00")
+
+
+@contextmanager
+def fresh_namespace(kube: KubeServer) -> Iterator[str]:
+    """A namespace enforcing Pod Security 'restricted'; deleted afterwards (its Pods get SIGTERM)."""
+    name = f"t-{int(time.time() * 1000) % 10**9}"
+    kube.create_namespace(name, RESTRICTED)
+    try:
+        yield name
+    finally:
+        kube.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@contextmanager
+def fresh_realm(admin: Admin, name: str = "mcp") -> Iterator[str]:
+    """The realm the manifests name (``mcp``), fresh, deleted afterwards."""
+    admin.create_realm(name)
+    try:
+        yield name
+    finally:
+        admin.delete_realm(name)
+
+
+@dataclass
+class Workload:
+    """One manifest of deploy/k8s applied in one namespace against one realm of the stage's Keycloak."""
+
+    kube: KubeServer
+    node: Node
+    keycloak: KeycloakServer
+    namespace: str
+    realm: str
+    folder: Path
+    documents: list[dict[str, Any]] = field(default_factory=list)
+
+    def kubectl(self, *args: str, check: bool = True) -> str:
+        return self.kube.kubectl(f"--namespace={self.namespace}", *args, check=check)
+
+    def create_token_secret(self, admin: Admin, count: int) -> None:
+        """The initial access token Secret, as the manifests' comments create it (the file is removed)."""
+        path = self.folder / "iat"
+        path.write_text(admin.mint_initial_access_token(self.realm, count=count, expiration=3600))
+        path.chmod(0o600)
+        try:
+            self.kubectl("create", "secret", "generic", "dcr-initial-access-token", f"--from-file=token={path}")
+        finally:
+            path.unlink()
+
+    def apply(self, manifest: str, replicas: int | None = None) -> None:
+        documents = [d for d in yaml.safe_load_all((MANIFESTS / manifest).read_text()) if d]
+        for document in documents:
+            if document["kind"] == "Deployment":
+                substitute(document, self.keycloak.url, self.kube, replicas)
+        self.documents = documents
+        path = self.folder / manifest
+        path.write_text(yaml.safe_dump_all(documents))
+        self.kubectl("apply", "-f", str(path))
+
+    # -- observing --------------------------------------------------------------------------------
+
+    def pods(self) -> list[dict[str, Any]]:
+        """The workload's Pods that are not being deleted."""
+        found = json.loads(self.kubectl("get", "pods", "-l", APP, "-o", "json"))["items"]
+        return [p for p in found if not p["metadata"].get("deletionTimestamp")]
+
+    def all_pods(self) -> list[dict[str, Any]]:
+        return list(json.loads(self.kubectl("get", "pods", "-l", APP, "-o", "json"))["items"])
+
+    def running(self, count: int) -> list[dict[str, Any]] | None:
+        """The Pods when exactly ``count`` exist, none terminating, all Running and Ready; else None."""
+        everything = self.all_pods()
+        if len(everything) != count or any(p["metadata"].get("deletionTimestamp") for p in everything):
+            return None
+        ready = [p for p in everything if p["status"].get("phase") == "Running" and _ready(p)]
+        return everything if len(ready) == count else None
+
+    def wait_running(self, count: int, timeout: float = 240) -> list[dict[str, Any]]:
+        return eventually(lambda: self.running(count), timeout, f"{count} Pods Running and Ready", self.explain)
+
+    def explain(self) -> str:
+        """Each Pod's phase and container states (no logs: they are the tool's, but keep output small)."""
+        rows = []
+        for pod in self.all_pods():
+            states = [
+                f"{s['name']}={next(iter(s.get('state', {})), '?')}"
+                f"{'(' + str(s['state']['waiting'].get('reason')) + ')' if 'waiting' in s.get('state', {}) else ''}"
+                f"/r{s.get('restartCount', 0)}"
+                for s in pod["status"].get("initContainerStatuses", []) + pod["status"].get("containerStatuses", [])
+            ]
+            rows.append(f"{pod['metadata']['name']} {pod['status'].get('phase')} {' '.join(states)}")
+        events = self.kubectl("get", "events", "--sort-by=.lastTimestamp", check=False).splitlines()[-8:]
+        return "Pods: " + "; ".join(rows) + " | events: " + " / ".join(events)
+
+    def logs(self, pod: str, container: str) -> list[str]:
+        return self.kubectl("logs", pod, "-c", container, "--timestamps").splitlines()
+
+    def clients(self, admin: Admin) -> list[dict[str, Any]]:
+        """The realm's clients the workload registered (named mcp-server or mcp-server-<pod>)."""
+        return [c for c in admin.clients(self.realm) if str(c.get("name", "")).startswith("mcp-server")]
+
+    def serves(self, admin: Admin, pod: dict[str, Any]) -> str:
+        """The client id the unmodified server in ``pod`` reports over MCP, called with a caller's token."""
+        client_id = self.server_client_id(pod)
+        url = f"http://{pod['status']['podIP']}:8000/mcp"
+        return mcp_whoami(url, self.caller_token(admin, client_id))
+
+    def server_client_id(self, pod: dict[str, Any]) -> str:
+        """The client id the server logged Keycloak accepting at its start."""
+        marker = "Keycloak accepted the credentials of client "
+        lines = [line for line in self.logs(pod["metadata"]["name"], "mcp-server") if marker in line]
+        assert lines, f"{pod['metadata']['name']}: the server never logged that Keycloak accepted its credentials"
+        return lines[-1].split(marker, 1)[1].strip()
+
+    def caller_token(self, admin: Admin, audience: str) -> str:
+        """A token of a caller client whose audience names the server's client (introspection needs it)."""
+        try:
+            secret = admin.client_secret(self.realm, CALLER)
+        except AdminError:
+            secret = admin.create_confidential_client(self.realm, CALLER)
+        mappers = admin.client(self.realm, CALLER).get("protocolMappers", [])
+        if not any(m.get("config", {}).get("included.client.audience") == audience for m in mappers):
+            admin.add_audience_mapper(self.realm, CALLER, audience)
+        token_endpoint = f"{self.keycloak.url}/realms/{self.realm}/protocol/openid-connect/token"
+        return str(client_credentials_token(token_endpoint, CALLER, secret)["access_token"])
+
+    def shared_client_id(self) -> str | None:
+        """The client id in the shared-secret manifest's Secret (None while it is empty)."""
+        secret = self.kube.request("GET", f"/api/v1/namespaces/{self.namespace}/secrets/mcp-server-dcr-client")
+        raw = (secret.get("data") or {}).get("dcr_client.json")
+        return str(json.loads(base64.b64decode(raw))["client_id"]) if raw else None
+
+
+def _ready(pod: dict[str, Any]) -> bool:
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in pod["status"].get("conditions", []))
+
+
+def substitute(deployment: dict[str, Any], keycloak_url: str, kube: KubeServer, replicas: int | None) -> None:
+    """The test-time substitutions of the module docstring, in place."""
+    issuer = f"{keycloak_url}/realms/mcp"
+    values = {"KEYCLOAK_URL": keycloak_url, "DCR_INTERNAL_URL": keycloak_url, "MCP_ISSUER_URL": issuer}
+    spec = deployment["spec"]["template"]["spec"]
+    for container in spec.get("initContainers", []) + spec["containers"]:
+        for variable in container.get("env", []):
+            if variable["name"] in values:
+                variable["value"] = values[variable["name"]]
+        if container["name"] == "dcr-bootstrap":
+            api = urllib.parse.urlsplit(kube.url)
+            container["env"] += [
+                {"name": "KUBERNETES_SERVICE_HOST", "value": str(api.hostname)},
+                {"name": "KUBERNETES_SERVICE_PORT", "value": str(api.port)},
+            ]
+    if replicas is not None:
+        deployment["spec"]["replicas"] = replicas
