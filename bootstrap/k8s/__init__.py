@@ -4,7 +4,10 @@ Imported only when ``DCR_K8S_SECRET`` is set, so the default path starts no slow
 aiohttp (already a dependency): get, create and update of one Secret and one Lease do not justify a
 generated client of the whole API. By layer, each module using only the ones above it:
 
-    _config   where the API server is and how to authenticate (in-cluster files, kubeconfig)
+    _values   typed reads of untrusted JSON (an API server's answer, a kubeconfig)
+    _exec     exec credential plugins (client.authentication.k8s.io), run as kubectl runs them
+    _config   KubeApi: where the API server is and how to authenticate (in-cluster files, credentials
+              that rotate); _kubeconfig reads and merges kubeconfig files into one
     _client   KubeClient: one request with its retries and checks; nothing but BootstrapError leaves it
     _lease    LeaseLock: leader election as client-go does it (unique holder, our own clock)
     _store    KubeStore: the Secret (and the Deployment to roll), holding the LeaseLock

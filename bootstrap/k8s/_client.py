@@ -23,7 +23,8 @@ from .. import __version__, log
 from .._http import json_object, read_capped, retry_after, retryable, text_fields
 from ..errors import AmbiguousWrite, MalformedResponse, ServerNotReady, StorageError, Unavailable, printable
 from ..wait import Deadline, RetryPolicy
-from ._config import KubeApi, check_name, dict_or_empty, text_or_none
+from ._config import KubeApi, check_name
+from ._values import dict_or_empty, text_or_none
 
 # A client used on its own (tests, tools) gets the defaults of DCR_WAIT_TIMEOUT and DCR_ATTEMPT_TIMEOUT.
 DEFAULT_TIMEOUT = 120.0

@@ -33,7 +33,7 @@ from ..errors import BootstrapError, LeaseLost, LockTimeout, printable
 from ..settings import hostname
 from ..wait import Deadline
 from ._client import KubeClient
-from ._config import dict_or_empty, int_or_none, text_or_none
+from ._values import dict_or_empty, int_or_none, text_or_none
 
 T = TypeVar("T")
 LEASE_DURATION = 15

@@ -19,8 +19,9 @@ from .._http import json_object
 from ..errors import InvalidSecret, StoreConflict
 from ..wait import Deadline, RetryPolicy
 from ._client import ATTEMPT_TIMEOUT, KubeClient
-from ._config import KubeApi, check_name, dict_or_empty
+from ._config import KubeApi, check_name
 from ._lease import MANAGED_BY, LeaseLock, holder_identity
+from ._values import dict_or_empty
 
 DATA_KEY = "dcr_client.json"
 # In the same document, the registrations replaced by a rotation and kept for their grace: whichever Pod

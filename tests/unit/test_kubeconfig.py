@@ -19,7 +19,7 @@ from aiohttp import web
 from bootstrap import k8s, log
 from bootstrap.errors import ConfigError, StorageError
 from bootstrap.k8s import KubeApi, KubeStore
-from bootstrap.k8s import _config as config_module
+from bootstrap.k8s import _exec as config_module
 from tests.fakeserver import FakeServer
 from tests.unit.test_k8s import (
     KUBE_TOKEN,
