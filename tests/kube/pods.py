@@ -43,6 +43,26 @@ def apply_shared_rbac(kube: KubeServer, namespace: str, folder: Path) -> None:
     kube.kubectl("apply", f"--namespace={namespace}", "-f", str(path))
 
 
+def dry_run(kube: KubeServer, kubeconfig: Path, namespace: str, path: Path) -> subprocess.CompletedProcess[str]:
+    """``kubectl apply --dry-run=server --warnings-as-errors`` of a manifest: Pod Security warnings fail it too."""
+    return subprocess.run(
+        [
+            str(kube.binaries.kubectl),
+            f"--kubeconfig={kubeconfig}",
+            "apply",
+            "--dry-run=server",
+            "--warnings-as-errors",
+            f"--namespace={namespace}",
+            "-f",
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+
+
 def account_kubeconfig(kube: KubeServer, namespace: str, path: Path, account: str = ACCOUNT) -> Path:
     """A kubeconfig with a fresh TokenRequest token of ``account``."""
     token = kube.service_account_token(namespace, account)

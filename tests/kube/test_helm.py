@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import os
-import subprocess
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +19,7 @@ import yaml
 from harness import helm
 from harness.kube import KubeServer
 from harness.process import HarnessError
+from tests.kube.pods import dry_run
 
 pytestmark = [pytest.mark.kube, pytest.mark.integration]
 
@@ -329,25 +329,6 @@ def test_extra_environment_cannot_override_what_the_chart_derives() -> None:
 # -- a real API server ----------------------------------------------------------------------------
 
 
-def _dry_run(kube: KubeServer, kubeconfig: Path, namespace: str, manifest: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [
-            str(kube.binaries.kubectl),
-            f"--kubeconfig={kubeconfig}",
-            "apply",
-            "--dry-run=server",
-            "--warnings-as-errors",
-            f"--namespace={namespace}",
-            "-f",
-            str(manifest),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
-
-
 @pytest.mark.parametrize("name", sorted(COMBINATIONS))
 def test_rendered_chart_applies_under_restricted_pod_security_without_warnings(
     kube: KubeServer, namespace: str, admin_kubeconfig: Path, tmp_path: Path, name: str
@@ -355,7 +336,7 @@ def test_rendered_chart_applies_under_restricted_pod_security_without_warnings(
     """kubectl apply --dry-run=server --warnings-as-errors accepts the output in a 'restricted' namespace."""
     manifest = tmp_path / "rendered.yaml"
     manifest.write_text(helm.template_text(CHART, RELEASE, namespace, COMBINATIONS[name]))
-    result = _dry_run(kube, admin_kubeconfig, namespace, manifest)
+    result = dry_run(kube, admin_kubeconfig, namespace, manifest)
     assert result.returncode == 0, result.stderr
     assert "Warning" not in result.stderr
 
@@ -370,7 +351,7 @@ def test_weakened_security_values_are_refused_by_the_api_server(
     }
     manifest = tmp_path / "weakened.yaml"
     manifest.write_text(helm.template_text(CHART, RELEASE, namespace, values))
-    result = _dry_run(kube, admin_kubeconfig, namespace, manifest)
+    result = dry_run(kube, admin_kubeconfig, namespace, manifest)
     assert result.returncode != 0
     assert "PodSecurity" in result.stderr or "violate" in result.stderr
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
 from harness.kube import KubeServer
+from tests.kube.pods import dry_run
 
 ROOT = Path(__file__).resolve().parents[2]
 MANIFESTS = sorted((ROOT / "deploy" / "k8s").glob("*.yaml"))
@@ -19,31 +19,12 @@ def test_every_manifest_is_checked() -> None:
     assert [m.name for m in MANIFESTS] == ["initcontainer.yaml", "shared-secret.yaml", "sidecar.yaml"]
 
 
-def _apply(kube: KubeServer, kubeconfig: Path, namespace: str, path: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [
-            str(kube.binaries.kubectl),
-            f"--kubeconfig={kubeconfig}",
-            "apply",
-            "--dry-run=server",
-            "--warnings-as-errors",
-            f"--namespace={namespace}",
-            "-f",
-            str(path),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
-
-
 @pytest.mark.parametrize("manifest", MANIFESTS, ids=[m.name for m in MANIFESTS])
 def test_manifest_applies_under_restricted_pod_security_without_warnings(
     kube: KubeServer, namespace: str, admin_kubeconfig: Path, manifest: Path
 ) -> None:
     """kubectl apply --dry-run=server --warnings-as-errors accepts it in a 'restricted' namespace."""
-    result = _apply(kube, admin_kubeconfig, namespace, manifest)
+    result = dry_run(kube, admin_kubeconfig, namespace, manifest)
     assert result.returncode == 0, result.stderr
     assert "Warning" not in result.stderr
 
@@ -59,6 +40,6 @@ def test_weakened_manifest_is_refused(kube: KubeServer, namespace: str, admin_ku
             container["securityContext"] = {"privileged": True}
     weakened = tmp_path / "weakened.yaml"
     weakened.write_text(yaml.safe_dump_all(documents))
-    result = _apply(kube, admin_kubeconfig, namespace, weakened)
+    result = dry_run(kube, admin_kubeconfig, namespace, weakened)
     assert result.returncode != 0
     assert "PodSecurity" in result.stderr or "violate" in result.stderr
