@@ -165,12 +165,16 @@ class Workload:
         url = f"http://{pod['status']['podIP']}:8000/mcp"
         return mcp_whoami(url, self.caller_token(admin, client_id))
 
-    def server_client_id(self, pod: dict[str, Any]) -> str:
-        """The client id the server logged Keycloak accepting at its start."""
+    def server_client_id(self, pod: dict[str, Any], timeout: float = 60) -> str:
+        """The client id the server logs Keycloak accepting at its start (a Running Pod may not be there yet)."""
         marker = "Keycloak accepted the credentials of client "
-        lines = [line for line in self.logs(pod["metadata"]["name"], "mcp-server") if marker in line]
-        assert lines, f"{pod['metadata']['name']}: the server never logged that Keycloak accepted its credentials"
-        return lines[-1].split(marker, 1)[1].strip()
+        name = pod["metadata"]["name"]
+
+        def logged() -> str | None:
+            lines = [line for line in self.logs(name, "mcp-server") if marker in line]
+            return lines[-1].split(marker, 1)[1].strip() if lines else None
+
+        return eventually(logged, timeout, f"{name}: the server logging that Keycloak accepted its credentials")
 
     def caller_token(self, admin: Admin, audience: str) -> str:
         """A token of a caller client whose audience names the server's client (introspection needs it)."""
