@@ -758,13 +758,25 @@ class Node:
         self._proc.stdin.write(b"start\n")
         self._proc.stdin.flush()
         started = time.monotonic()
-        self._wait(lambda: self._ready(server), timeout, f"node {self.name}")
+        self._wait(lambda: self.is_ready(server), timeout, f"node {self.name}")
         self.startup_seconds = time.monotonic() - started
         self.rss_mib = self.daemons_rss_kib() / 1024
         _log(f"node {self.name} Ready at {self.address} in {self.startup_seconds:.1f}s, RSS {self.rss_mib:.0f} MiB")
         return self
 
-    def _ready(self, server: kube.KubeServer) -> bool:
+    def apiserver(self, binaries: kube.Binaries) -> kube.KubeServer:
+        """A kube-apiserver for this node: on the node's address in its namespace, its files in the node's folder
+        (so the watchdog removes its keys and token file even when the owner is killed)."""
+        return kube.KubeServer(
+            binaries=binaries,
+            host=self.address,
+            launcher=self.launcher,
+            extra_flags=apiserver_flags(),
+            workdir=self.layout.workdir / "apiserver",
+        )
+
+    def is_ready(self, server: kube.KubeServer) -> bool:
+        """Whether the API server has this node with condition Ready=True."""
         try:
             node = server.request("GET", f"/api/v1/nodes/{self.name}")
         except (HarnessError, OSError):
@@ -773,13 +785,23 @@ class Node:
         return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
 
     def daemons_rss_kib(self) -> int:
-        """The resident memory of the node's daemons and shims (the Pods not counted)."""
-        total = 0
+        """The resident memory of the node's daemons and containerd's shims (the Pods not counted)."""
+        return self._rss_kib("node")
+
+    def pods_rss_kib(self) -> int:
+        """The resident memory of every process in the node's Pods."""
+        return self._rss_kib("kubepods")
+
+    def _rss_kib(self, subtree: str) -> int:
+        pids: set[str] = set()
         for hierarchy in cgroup_hierarchies()[:1]:
-            procs = hierarchy / self.name / "node" / "cgroup.procs"
-            for pid in procs.read_text().split() if procs.exists() else []:
-                with contextlib.suppress(OSError, IndexError, ValueError):
-                    total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
+            for folder, _, _ in os.walk(hierarchy / self.name / subtree):
+                with contextlib.suppress(OSError):
+                    pids.update((Path(folder) / "cgroup.procs").read_text().split())
+        total = 0
+        for pid in pids:
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
         return total
 
     def import_images(self, env: dict[str, str], *refs: str) -> None:
@@ -876,9 +898,7 @@ def running(keep: bool = False) -> Iterator[tuple[Node, kube.KubeServer]]:
     node = Node().prepare()
     server: kube.KubeServer | None = None
     try:
-        server = kube.KubeServer(
-            binaries=kube.ensure_binaries(), host=node.address, launcher=node.launcher, extra_flags=apiserver_flags()
-        ).start()
+        server = node.apiserver(kube.ensure_binaries()).start()
         node.start(server)
         yield node, server
     finally:
@@ -898,7 +918,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if command == "up":
             with running() as (node, server):
-                config = server.kubeconfig(Path(tempfile.gettempdir()) / f"{node.name}.kubeconfig")
+                # In the node's folder: the watchdog removes it with the rest, even after a SIGKILL of this process.
+                config = server.kubeconfig(node.layout.workdir / "admin.kubeconfig")
                 print(f"node {node.name} Ready; kubectl --kubeconfig={config} get nodes; Enter stops it", flush=True)
                 with contextlib.suppress(KeyboardInterrupt):
                     sys.stdin.readline()

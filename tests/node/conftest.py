@@ -20,16 +20,20 @@ import pytest
 from harness.docker import Engine, EngineUnavailable, build_image, ensure_engine, ensure_python_base, timed
 from harness.keycloak import Admin, KeycloakServer
 from harness.kube import KubeServer, ensure_binaries
-from harness.node import Node, apiserver_flags, ensure_node_binaries, ensure_pause_image
+from harness.node import Node, ensure_node_binaries, ensure_pause_image
 from harness.process import HarnessError, group_alive
 
 ROOT = Path(__file__).resolve().parents[2]
 BOOTSTRAP_IMAGE = "dcr-bootstrap:0.1.0"
 SERVER_IMAGE = "dcr-bootstrap-example-mcp-server:dev"
+# Printed at the end of the run (pytest_terminal_summary).
+FACTS: list[str] = []
 
 
 def _unavailable(reason: str) -> None:
-    line = f"node stage unavailable: {reason.splitlines()[0] if reason else 'unknown'}"
+    lines = [line.strip() for line in reason.splitlines() if line.strip()] or ["unknown"]
+    # One line: what failed, and the last line of the log that says why.
+    line = f"node stage unavailable: {lines[0]}{' ... ' + lines[-1] if len(lines) > 1 else ''}"
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(line, pytrace=False)
     pytest.skip(line)
@@ -59,16 +63,17 @@ def _images(engine: Engine, node: Node) -> list[str]:
     return [ensure_pause_image(engine.env, node.binaries.pause), BOOTSTRAP_IMAGE, SERVER_IMAGE]
 
 
-def _start(started: list[Node | KubeServer | KeycloakServer]) -> Cluster:
+def _start(started: list[Node | KubeServer | KeycloakServer | Engine]) -> Cluster:
     with timed("node: binaries (build once)"):
         node_binaries = ensure_node_binaries()
         kube_binaries = ensure_binaries()
     engine = ensure_engine()
+    started.append(engine)
     node = Node(binaries=node_binaries).prepare()
     started.append(node)
     keycloak = KeycloakServer(host=node.address, launcher=node.launcher, log_path=node.layout.logs / "keycloak.log")
     started.append(keycloak.spawn())
-    kube = KubeServer(binaries=kube_binaries, host=node.address, launcher=node.launcher, extra_flags=apiserver_flags())
+    kube = node.apiserver(kube_binaries)
     started.append(kube)
     with timed("node: kube-apiserver ready"):
         kube.start()
@@ -84,7 +89,7 @@ def _start(started: list[Node | KubeServer | KeycloakServer]) -> Cluster:
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[Cluster]:
     """One node with its own API server and Keycloak for the session; nothing of them is left after it."""
-    started: list[Node | KubeServer | KeycloakServer] = []
+    started: list[Node | KubeServer | KeycloakServer | Engine] = []
     problem = ""
     try:
         found = _start(started)
@@ -95,10 +100,15 @@ def cluster() -> Iterator[Cluster]:
     if problem:
         _unavailable(problem)
     groups = [found.node.pgid, found.kube.pgid, found.keycloak.pgid]
+    FACTS.append(f"node {found.node.name} at {found.node.address}; logs in {found.node.layout.logs}")
+    FACTS.append(
+        f"RSS at start: node daemons {found.node.rss_mib:.0f} MiB, apiserver+etcd {found.kube.rss_mib:.0f} MiB"
+    )
     try:
         yield found
     finally:
-        for server in (found.node, found.kube, found.keycloak):
+        FACTS.append(f"RSS at the end: node daemons and shims {found.node.daemons_rss_kib() / 1024:.0f} MiB")
+        for server in (found.keycloak, found.kube, found.node):
             server.stop()
         found.engine.stop()
     assert all(g is not None and not group_alive(g) for g in groups), "a node-stage process outlived the session"
@@ -113,5 +123,7 @@ def pytest_terminal_summary(terminalreporter: object) -> None:
         return
     write = terminalreporter.write_line  # type: ignore[attr-defined]
     terminalreporter.section("node stage")  # type: ignore[attr-defined]
+    for line in FACTS:
+        write(line)
     for step, seconds in rows:
         write(f"time {seconds:6.1f} s  {step}")

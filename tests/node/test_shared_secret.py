@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from harness.keycloak import Admin
-from tests.node.conftest import Cluster
+from tests.node.conftest import FACTS, Cluster
 from tests.node.workloads import RESTRICTED, Workload, eventually, fresh_namespace, fresh_realm
 
 
@@ -31,6 +31,11 @@ def shared(cluster: Cluster, admin: Admin, tmp_path_factory: pytest.TempPathFact
         workload.create_token_secret(admin, count=1)
         workload.apply("shared-secret.yaml")
         workload.wait_running(3)
+        node = cluster.node
+        FACTS.append(
+            f"RSS with 3 Pods: node daemons and shims {node.daemons_rss_kib() / 1024:.0f} MiB, "
+            f"the Pods {node.pods_rss_kib() / 1024:.0f} MiB"
+        )
         yield workload
 
 
