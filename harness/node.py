@@ -25,9 +25,13 @@ owns every resource and frees it when the pipe closes (``stop()``, exit, crash, 
   the tests reach Pod IPs. ``<n>`` is the first one no interface of the root namespace uses. The
   dedicated kube-apiserver and Keycloak of the stage listen on the node address inside that namespace
   (``launcher``), so the test process (through the veth) and the Pods (on the node's CNI bridge) both
-  reach them. There is no kube-proxy: the tests give the tool ``KUBERNETES_SERVICE_HOST``/``PORT`` of
-  the API server explicitly; the kubelet's own (the ``kubernetes`` Service's ClusterIP) are checked
-  separately. No dummy interface: a veth pair is the one device both sides can use.
+  reach them. There is no kube-proxy (and harness.kube's serving certificate does not name the
+  ``kubernetes`` Service's ClusterIP, so a proxied connection to it would fail verification anyway):
+  the tests give the tool ``KUBERNETES_SERVICE_HOST``/``PORT`` of the API server explicitly, and check
+  the kubelet's own values (the ClusterIP and 443) separately. No DNS either (Pods get a resolv.conf
+  naming nothing). No dummy interface: a veth pair is the one device both sides can use.
+  The node's kube-apiserver (:meth:`Node.apiserver`) keeps its keys and token file in the node's folder,
+  so the watchdog removes them too.
 * a cgroup ``/dcr-node-<id>`` in every cgroup hierarchy: the kubelet's ``cgroupRoot`` (its Pods go
   below it) with the daemons in ``/dcr-node-<id>/node``. Stopping kills every process in that tree
   (containerd's shims double-fork out of the process group, but not out of the cgroup; the watchdog is
@@ -52,9 +56,15 @@ work folder. kube-apiserver needs ``--kubelet-preferred-address-types=InternalIP
 name resolves nowhere), and ``Node,RBAC`` authorization with NodeRestriction so the kubelet is a real
 ``system:node:<name>`` (client certificate), allowed the Secrets and tokens of its own Pods only.
 
+Images: :meth:`Node.import_images` pipes ``docker save`` into ``ctr images import`` on the node's
+containerd socket (namespace ``k8s.io``, unpacked for overlayfs); the manifests' ``IfNotPresent`` then
+finds them, so no registry is involved.
+
 Usage: ``python -m harness.node build`` (build or reuse), ``python -m harness.node up`` (a node with its
-own apiserver until Enter or Ctrl-C; prints a kubeconfig path), ``python -m harness.node down`` (remove
-what a killed run left: ``dcr-node-*`` namespaces, veths and cgroups whose watchdog is gone).
+own apiserver until Enter or Ctrl-C; prints an admin kubeconfig path in the node's folder),
+``python -m harness.node down`` (remove what a run whose watchdog was itself SIGKILLed left: its
+processes, cgroups, namespace, veth and folder). Root only; addresses are loopback or inside the
+namespaces the node creates (and the host end of its veth pair).
 """
 
 from __future__ import annotations
@@ -149,7 +159,7 @@ def _build(version: str, out: Path, missing: list[str]) -> None:
     kube._run(["go", "mod", "tidy", "-e"], cwd=build, env=env)
     for cmd in missing:
         started = time.monotonic()
-        _log(f"building {cmd} v{version} (go build -p {jobs}; kubelet takes minutes)")
+        _log(f"building {cmd} v{version} (go build -p {jobs}; minutes on a cold Go cache)")
         tmp = out / f".{cmd}.tmp"
         argv = ["go", "build", "-p", jobs, "-trimpath", "-ldflags", kube._ldflags(version), "-o", str(tmp)]
         kube._run([*argv, f"k8s.io/kubernetes/cmd/{cmd}"], cwd=build, env=env)
