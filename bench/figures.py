@@ -14,7 +14,7 @@ from .lag import Trial
 from .startup import ImportTime, Profile
 
 # In the order they run (and the report lists the load before each).
-FIGURES = ("startup", "cost", "economy", "lag", "fleet")
+FIGURES = ("startup", "cost", "economy", "lag", "fleet", "pods")
 
 
 @dataclass
@@ -37,3 +37,4 @@ class Results:
     economy: dict[str, list[str]] = field(default_factory=dict)
     lag: list[Trial] = field(default_factory=list)
     fleets: list[Fleet] = field(default_factory=list)
+    pods: list[Fleet] = field(default_factory=list)  # Kubernetes shared mode: Pods on one Secret

@@ -13,16 +13,19 @@ the moment a process exited, from that start.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import time
+from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.keycloak import Admin
 
 from .common import BENCH, PYTHON, Run, Tree, base_env, kill, log, median, percentile, reap, spawn
-from .proxy import Proxy
+from .proxy import Proxy, Request
 
 BARRIER = 'read -r _ || true; exec "$@" </dev/null'
 
@@ -38,6 +41,8 @@ class Fleet:
     rss_mib: list[float] = field(default_factory=list)
     cpu: list[float] = field(default_factory=list)
     requests: list[int] = field(default_factory=list)  # per proxy: per replica (own), or one total (shared)
+    what: dict[str, int] = field(default_factory=dict)  # every proxy's requests by kind (``request_kinds``)
+    actions: dict[str, int] = field(default_factory=dict)  # "Credentials written" actions of the runs' logs
     clients_created: int = 0
     distinct_client_ids: int = 0
     lock_waits: list[float] = field(default_factory=list)
@@ -54,6 +59,10 @@ class Fleet:
 
     def p(self, q: float) -> float:
         return percentile(self.done, q)
+
+    @property
+    def total_requests(self) -> int:
+        return sum(self.requests)
 
     @property
     def requests_per_replica(self) -> float:
@@ -94,14 +103,16 @@ async def run(
         "BENCH_LOCK_LOG": str(lock_log),
     }
     jobs = _jobs(tree, shared, replicas, root, env, proxies)
-    await _release_and_wait(result, jobs, wait_timeout + 60)
+    await release_and_wait(result, jobs, wait_timeout + 60)
     for proxy in proxies:
         await proxy.close()
         result.requests.append(len(proxy.requests))
+    result.what = request_kinds(r for proxy in proxies for r in proxy.requests)
+    result.actions = written_actions(job.log_path for job in jobs)
     result.clients_created = await asyncio.to_thread(admin.count_clients, realm) - clients_before
-    result.distinct_client_ids = len(_client_ids({job.folder for job in jobs}))
+    result.distinct_client_ids = len(client_ids({job.folder for job in jobs}))
     if shared and lock_log.exists():
-        _read_lock_times(result, lock_log)
+        read_lock_times(result, lock_log, "folder")
     await asyncio.to_thread(admin.delete_realm, realm)
     log(
         f"fleet {tree.label} {kind}: {result.ok}/{replicas} ok, "
@@ -111,28 +122,28 @@ async def run(
 
 
 @dataclass(frozen=True)
-class _Job:
+class Job:
     argv: list[str]
     env: dict[str, str]
     folder: Path
     log_path: Path
 
 
-def _jobs(tree: Tree, shared: bool, replicas: int, root: Path, env: dict[str, str], proxies: list[Proxy]) -> list[_Job]:
+def _jobs(tree: Tree, shared: bool, replicas: int, root: Path, env: dict[str, str], proxies: list[Proxy]) -> list[Job]:
     """Each replica with a folder and a proxy of its own, or all of them on the one folder and proxy."""
     # The shared folder's runs go through lockprobe.py, which times each one's wait for the file lock.
     argv = [PYTHON, str(BENCH / "lockprobe.py")] if shared else tree.argv()
-    jobs: list[_Job] = []
+    jobs: list[Job] = []
     for i in range(replicas):
         folder = root / ("shared" if shared else f"r{i:03d}")
         folder.mkdir(parents=True, exist_ok=True)
         proxy = proxies[0 if shared else i]
         job_env = env | {"DCR_INTERNAL_URL": proxy.url, "DCR_CLIENT_FILE": str(folder / ".dcr_client.json")}
-        jobs.append(_Job(argv, job_env, folder, root / f"r{i:03d}.log"))
+        jobs.append(Job(argv, job_env, folder, root / f"r{i:03d}.log"))
     return jobs
 
 
-async def _release_and_wait(result: Fleet, jobs: list[_Job], kill_after: float) -> None:
+async def release_and_wait(result: Fleet, jobs: list[Job], kill_after: float) -> None:
     """Spawn every replica at the barrier, release them together and record each one's end.
 
     Replicas still running ``kill_after`` seconds after the release are killed.
@@ -171,7 +182,7 @@ def _record(result: Fleet, ended: Run, done: float, log_path: Path) -> None:
         result.failures.append(f"exit {ended.code}: {_last_line(log_path)}")
 
 
-def _client_ids(folders: set[Path]) -> set[str]:
+def client_ids(folders: set[Path]) -> set[str]:
     """The client_id in each folder's credentials file (a shared folder holds one file)."""
     ids = set()
     for folder in folders:
@@ -182,12 +193,45 @@ def _client_ids(folders: set[Path]) -> set[str]:
     return ids
 
 
-def _read_lock_times(result: Fleet, lock_log: Path) -> None:
+def read_lock_times(result: Fleet, lock_log: Path, kind: str) -> None:
+    """The waits for and holds of one kind of lock (``folder`` or ``lease``) that ``lockprobe.py`` logged."""
     for line in lock_log.read_text().splitlines():
         entry = json.loads(line)
-        if entry["got"] is not None:  # None: the run failed before it held the lock
+        if entry.get("kind", "folder") == kind and entry["got"] is not None:  # None: failed before it held it
             result.lock_waits.append(entry["got"] - entry["asked"])
             result.lock_held.append(entry["released"] - entry["got"])
+
+
+def request_kinds(requests: Iterable[Request]) -> dict[str, int]:
+    """How many requests of each kind: discovery, registration (RFC 7591), read/update/delete (RFC 7592), token."""
+    kinds: Counter[str] = Counter()
+    for request in requests:
+        path = request.path.split("?", 1)[0]
+        if "/.well-known/" in path:
+            kinds["discovery"] += 1
+        elif path.endswith("/protocol/openid-connect/token"):
+            kinds["token"] += 1
+        elif "/clients-registrations/" in path:
+            registration = request.method == "POST" and path.rstrip("/").endswith("/openid-connect")
+            kinds["registration" if registration else f"RFC 7592 {request.method}"] += 1
+        else:
+            kinds[f"other {request.method}"] += 1
+    return dict(kinds)
+
+
+def written_actions(logs: Iterable[Path]) -> dict[str, int]:
+    """What each run said it did (``Credentials written``'s ``action``: registered, reloaded, ...)."""
+    actions: Counter[str] = Counter()
+    for path in logs:
+        try:
+            lines = path.read_text(errors="replace").splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            if '"Credentials written"' in line:
+                with contextlib.suppress(ValueError, AttributeError):
+                    actions[str(json.loads(line).get("action"))] += 1
+    return dict(actions)
 
 
 def _last_line(path: Path) -> str:

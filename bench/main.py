@@ -3,7 +3,8 @@
 Starts one real Keycloak (the harness), installs the node peer (``npm ci`` in bench/peers), unpacks
 "before" (``git archive``; the working tree is "after"), then measures, in this order: startup (quiet
 machine), first registration and restart cost beside node openid-client, kcreg.sh and curl; request
-economy; ready-to-done lag beside a fixed 1 s poller; the fleet. Raw numbers go to bench/results/.
+economy; ready-to-done lag beside a fixed 1 s poller; the fleet; Pods on one Secret (a real kube-apiserver).
+Raw numbers go to bench/results/. With ``--only``, the figures not run are kept as the output file had them.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 
 from harness.keycloak import KEYCLOAK_VERSION, Admin, KeycloakServer, ensure_distribution
 
-from . import fleet, lag, register, report, startup
+from . import fleet, lag, pods, register, report, startup
 from .common import (
     BEFORE_REV,
     PEERS,
@@ -97,6 +98,7 @@ async def _main(args: argparse.Namespace) -> Results:
         "lag_gaps": list(args.lag_gaps),
         "long_gaps": args.long_gaps,
         "replicas": args.replicas,
+        "pods": args.pods,
         "before": args.before,
     }
     server = _keycloak(args.reuse_keycloak)
@@ -264,6 +266,28 @@ async def _fleet(bench: _Bench, results: Results) -> None:
             )
 
 
+async def _pods(bench: _Bench, results: Results) -> None:
+    log("pods: starting etcd and kube-apiserver")
+    kube = await asyncio.to_thread(pods.start_kube)
+    try:
+        for tree in bench.trees:
+            results.loads[f"pods {tree.label}"] = os.getloadavg()
+            log(f"pods: {bench.args.pods} x {tree.label} on one Secret, under one Lease")
+            results.pods.append(
+                await pods.run(
+                    tree=tree,
+                    replicas=bench.args.pods,
+                    kube=kube,
+                    keycloak_url=bench.server.url,
+                    keycloak_port=bench.server.http_port,
+                    admin=bench.server.admin(),
+                    work=bench.work,
+                )
+            )
+    finally:
+        await asyncio.to_thread(kube.stop)
+
+
 # Each figure's step, run in the order of FIGURES; each notes the load before it.
 _STEPS: dict[str, Callable[[_Bench, Results], Awaitable[None]]] = {
     "startup": _startup,
@@ -271,6 +295,7 @@ _STEPS: dict[str, Callable[[_Bench, Results], Awaitable[None]]] = {
     "economy": _economy,
     "lag": _lag,
     "fleet": _fleet,
+    "pods": _pods,
 }
 
 
@@ -295,15 +320,19 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
         "and for 'after' half and a quarter",
     )
     parser.add_argument("--replicas", type=int, default=100, help="fleet size (100)")
+    parser.add_argument("--pods", type=int, default=20, help="Pods on one Secret (20)")
     parser.add_argument("--before", default=BEFORE_REV, help=f"git revision of 'before' ({BEFORE_REV}); 'none'")
     parser.add_argument("--only", action="append", choices=FIGURES, help="run only this figure (repeatable)")
     parser.add_argument("--quick", action="store_true", help="tiny numbers, for checking the bench itself")
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "PERFORMANCE.md")
+    parser.add_argument(
+        "--replace", action="store_true", help="with --only: write only the figures run, do not keep the others"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs of every run)")
     parser.add_argument("--reuse-keycloak", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.quick:
-        args.rounds, args.lag_trials, args.long_gaps, args.replicas = 2, 2, 0, 10
+        args.rounds, args.lag_trials, args.long_gaps, args.replicas, args.pods = 2, 2, 0, 10, 4
     return args
 
 
@@ -312,6 +341,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = asyncio.run(_main(args))
     text = report.render(results, " ".join(["python -m bench", *(argv if argv is not None else sys.argv[1:])]))
     args.output.parent.mkdir(parents=True, exist_ok=True)
+    ran = set(args.only or FIGURES)
+    if ran != set(FIGURES) and args.output.exists() and not args.replace:
+        # A partial run: the figures it did not run stay as the file published them.
+        text = report.merge(args.output.read_text(), text, ran)
+        log(f"kept the figures not rerun from the previous {args.output.name}")
     args.output.write_text(text)
     raw = ROOT / "bench" / "results"
     raw.mkdir(exist_ok=True)

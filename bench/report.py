@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import re
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -60,7 +62,17 @@ def _shared_brief(f: Fleet | None) -> str:
     if f is None:
         return "-"
     wait = max(f.lock_waits) if f.lock_waits else float("nan")
-    return f"{f.ok}/{f.replicas} ok, {f.clients_created} client(s); {_s(f.total, 1)}, {_s(wait, 1)}"
+    return (
+        f"{f.ok}/{f.replicas} ok, {f.clients_created} client(s); {_s(f.total, 1)}, {_s(wait, 1)}; "
+        f"{f.total_requests} requests"
+    )
+
+
+def _what(f: Fleet) -> str:
+    """The requests by kind, and what the runs said they did."""
+    kinds = ", ".join(f"{n} {kind}" for kind, n in sorted(f.what.items(), key=lambda item: -item[1]))
+    actions = ", ".join(f"{n} {action}" for action, n in sorted(f.actions.items(), key=lambda item: -item[1]))
+    return f"{kinds or 'none'}; runs: {actions or '-'}"
 
 
 def _met(ok: bool | None) -> str:
@@ -99,7 +111,8 @@ def _peak(runs: list[Run] | None) -> float | None:
 
 def render(r: Results, command: str) -> str:
     out: list[str] = ["# Performance", "", *_header(r, command), "", "## Goals", "", *_goals(r)]
-    for section in (_lag_section, _cost_section, _fleet_section, _economy_section, _startup_section):
+    sections = (_lag_section, _cost_section, _fleet_section, _economy_section, _startup_section, _pods_section)
+    for section in sections:
         if lines := section(r):
             out += ["", *lines]
     return "\n".join(out).rstrip() + "\n"
@@ -123,12 +136,12 @@ def _header(r: Results, command: str) -> list[str]:
         f"- Keycloak: `start-dev`, in-memory database, loopback; ready in {r.keycloak.get('startup_s', 0):.0f} s, "
         f"RSS {r.keycloak.get('rss_mib', 0):.0f} MiB.",
         f"- Load average (1/5/15 min) at start {_load(r.load_start)}, at end {_load(r.load_end)} (the fleet's "
-        "own hundred processes raise it); 1-minute load before each figure: "
+        "and the Pods' own processes raise it); 1-minute load before each figure: "
         + ", ".join(f"{name} {values[0]:.2f}" for name, values in r.loads.items())
         + ".",
     ]
     # The fleet loads the machine itself: only the load before the other figures says the machine was busy.
-    before_figures = [values[0] for name, values in r.loads.items() if not name.startswith("fleet")]
+    before_figures = [values[0] for name, values in r.loads.items() if not name.startswith(("fleet", "pods"))]
     if max([r.load_start[0], *before_figures]) > LOAD_LIMIT:
         out += [
             "",
@@ -169,7 +182,7 @@ def _goal_row(goal: Goal[Any], r: Results) -> list[str]:
     before, after, peer = (goal.figure(r, who) for who in ("before", "after", "peer"))
     met = None if goal.bound is None else after is not None and goal.bound(after, peer)
     return [
-        goal.label.format(replicas=r.settings.get("replicas")),
+        goal.label.format(replicas=r.settings.get("replicas"), pods=r.settings.get("pods")),
         goal.goal,
         goal.show(before),
         goal.show(after),
@@ -244,6 +257,10 @@ def _own_fleet_ok(f: Fleet, _peer: Fleet | None) -> bool:
 
 def _shared_fleet_ok(f: Fleet, _peer: Fleet | None) -> bool:
     return f.ok == f.replicas and f.clients_created == 1
+
+
+def _pods(r: Results, who: str) -> Fleet | None:
+    return next((f for f in r.pods if f.tree == who), None)
 
 
 def _requests(job: str, peer: tuple[str, ...] = ()) -> Figure[int]:
@@ -329,6 +346,15 @@ GOALS: tuple[Goal[Any], ...] = (
         "all exit 0, exactly one client",
         "fleets",
         _fleet(shared=True),
+        _shared_brief,
+        _shared_fleet_ok,
+        ratio=False,
+    ),
+    Goal(
+        "7. {pods} Pods on one Secret: total, last one's Lease wait, requests",
+        "all exit 0, exactly one client",
+        "pods",
+        _pods,
         _shared_brief,
         _shared_fleet_ok,
         ratio=False,
@@ -515,6 +541,7 @@ def _fleet_row(f: Fleet) -> list[str]:
         _s(f.p(50), 2),
         _s(f.p(95), 2),
         _s(f.total, 2),
+        f"{f.total_requests}",
         f"{f.requests_per_replica:.2f}" + ("" if f.shared else f" (max {max(f.requests)})"),
         (f"{_s(median(waits), 2)} / {_s(max(waits), 2)}" if waits else "-"),
         (_s(median(f.lock_held), 3) if f.lock_held else "-"),
@@ -533,7 +560,9 @@ def _fleet_section(r: Results) -> list[str]:
         "`exec`s the tool; spawning takes the time shown), and released together against one Keycloak, "
         "`DCR_WAIT_TIMEOUT=600`. Own folders: each replica reaches Keycloak through its own counting proxy "
         "(split horizon), so its requests are counted apart. One shared folder: one proxy; each run's wait for "
-        "the file lock is timed by `bench/lockprobe.py` (a wrapper around `bootstrap.store.locked`). "
+        "the file lock is timed by `bench/lockprobe.py` (a wrapper around `bootstrap.store.locked`, and around "
+        "the CLI's early try of the lock before its imports where the tree has one, `quick.take_lock`: the wait "
+        "counts from a run's first try). Total requests are what the proxies counted. "
         'Completion is counted from the release. "clients" is what Keycloak holds afterwards in the '
         "fleet's own realm.",
         "",
@@ -548,6 +577,7 @@ def _fleet_section(r: Results) -> list[str]:
             "p50 done",
             "p95 done",
             "last done",
+            "requests",
             "requests per replica",
             "lock wait median / last",
             "lock held (median)",
@@ -556,7 +586,71 @@ def _fleet_section(r: Results) -> list[str]:
         ],
         [_fleet_row(f) for f in r.fleets],
     )
+    out += ["", "What the proxies counted, and what the runs said they did (`Credentials written`):", ""]
+    out += [f"- {f.tree}, {'one shared folder' if f.shared else 'own folders'}: {_what(f)}" for f in r.fleets]
     failures = [f"- {f.tree} {'shared' if f.shared else 'own'}: {x}" for f in r.fleets for x in f.failures[:5]]
+    if failures:
+        out += ["", "Failures (first five each):", "", *failures]
+    return out
+
+
+def _pods_row(f: Fleet) -> list[str]:
+    return [
+        f.tree,
+        f"{f.ok}/{f.replicas}",
+        ", ".join(f"{n}x {code}" for code, n in sorted(Counter(f.codes).items())),
+        f"{f.clients_created}",
+        f"{f.distinct_client_ids}",
+        _s(f.p(50), 2),
+        _s(f.p(95), 2),
+        _s(f.total, 2),
+        f"{f.total_requests}",
+        (f"{_s(median(f.lock_waits), 2)} / {_s(max(f.lock_waits), 2)}" if f.lock_waits else "-"),
+        (_s(median(f.lock_held), 3) if f.lock_held else "-"),
+        _s(median(f.cpu), 3),
+        _mib(max(f.rss_mib) if f.rss_mib else None),
+    ]
+
+
+def _pods_section(r: Results) -> list[str]:
+    if not r.pods:
+        return []
+    out = [
+        "## 7. Pods on one Secret (Kubernetes shared mode)",
+        "",
+        "A real etcd and kube-apiserver on loopback (`harness/kube.py`), in a fresh namespace per run holding "
+        "the ServiceAccount, Secret, Lease, Role and RoleBinding of `deploy/k8s/shared-secret.yaml` (applied "
+        'with kubectl; the Deployment left out). Each "Pod" is a `python -m bootstrap` process (through '
+        "`bench/lockprobe.py`, which times its wait for the Lease from its first try to holding it) with its "
+        "own HOSTNAME, folder, `DCR_K8S_SECRET` + `DCR_K8S_LEASE`, and a kubeconfig holding a TokenRequest "
+        "token of that ServiceAccount, so the Role authorizes every call. All of them reach Keycloak through "
+        "one counting proxy (split horizon), with a multi-use initial access token (a second registration "
+        "would show as a second client). They are spawned at the fleet's start barrier and released "
+        'together; completion is counted from the release. "clients" is what Keycloak holds afterwards in '
+        "the run's own realm; every file must hold the Secret's client.",
+        "",
+    ]
+    out += _table(
+        [
+            "tree",
+            "exit 0",
+            "exit codes",
+            "clients",
+            "distinct client_id in files",
+            "p50 done",
+            "p95 done",
+            "last done",
+            "requests to Keycloak",
+            "Lease wait median / last",
+            "Lease held (median)",
+            "CPU per Pod (median)",
+            "peak RSS (max)",
+        ],
+        [_pods_row(f) for f in r.pods],
+    )
+    out += ["", "What the proxy counted, and what the Pods said they did (`Credentials written`):", ""]
+    out += [f"- {f.tree}: {_what(f)}" for f in r.pods]
+    failures = [f"- {f.tree}: {x}" for f in r.pods for x in f.failures[:5]]
     if failures:
         out += ["", "Failures (first five each):", "", *failures]
     return out
@@ -664,3 +758,93 @@ def _profile_tables(r: Results) -> list[str]:
             [[f"`{name}`", str(calls), _s(tt), _s(ct)] for name, calls, tt, ct in r.profiles[label].top[:12]],
         )
     return out
+
+
+# --- A partial run (``--only``): keep the other figures as the file published them. ------------------
+
+# The figure each numbered goal row and section belongs to (the number before the dot, "4a" -> "4").
+_NUMBERS = {"1": "lag", "2": "cost", "3": "cost", "4": "fleet", "5": "economy", "6": "startup", "7": "pods"}
+
+
+@dataclass
+class _Parts:
+    header: list[str]
+    goals_head: list[str]  # the goals table's header and alignment rows
+    rows: list[str]
+    sections: dict[str, list[str]]  # by number
+
+
+def _number(text: str) -> str:
+    digits = ""
+    for char in text.lstrip("| #").lstrip():
+        if not char.isdigit():
+            break
+        digits += char
+    return digits
+
+
+def _order(line: str) -> tuple[int, str]:
+    """A goal row's place: its number, then its letter ("4a" before "4b")."""
+    label = line.lstrip("| ").split(".", 1)[0]
+    digits = _number(label)
+    return (int(digits) if digits else 99, label[len(digits) :])
+
+
+def _parts(text: str) -> _Parts:
+    lines = text.rstrip("\n").split("\n")
+    goals = lines.index("## Goals")
+    starts = [i for i, line in enumerate(lines) if line.startswith("## ") and i > goals]
+    table = [line for line in lines[goals + 1 : starts[0] if starts else len(lines)] if line.startswith("|")]
+    sections = {}
+    for start, end in zip(starts, [*starts[1:], len(lines)], strict=True):
+        body = lines[start:end]
+        while body and not body[-1]:
+            body.pop()
+        sections[_number(lines[start])] = body
+    return _Parts(lines[:goals], table[:2], table[2:], sections)
+
+
+def _field(header: list[str], pattern: str) -> str:
+    found = re.search(pattern, "\n".join(header))
+    return found.group(1) if found else "?"
+
+
+def _kept_loads(line: str, kept: set[str]) -> str:
+    """The published load line with only the loads before the figures kept."""
+    head, sep, loads = line.partition("; 1-minute load before each figure: ")
+    head = head.split(" (", 1)[0]
+    mine = [entry for entry in loads.split(", ") if entry.split(" ", 1)[0] in kept]
+    return head + (sep + ", ".join(mine) if sep and mine else "")
+
+
+def merge(old: str, new: str, ran: set[str]) -> str:
+    """``new``, a partial run's report, with the goal rows and sections of the figures it did not run kept
+    from ``old`` (the file as published), and a header line saying which and from which run."""
+    was, now = _parts(old), _parts(new)
+
+    def fresh(number: str) -> bool:
+        return _NUMBERS.get(number) in ran
+
+    rows = [row for row in was.rows if not fresh(_number(row))] + [row for row in now.rows if fresh(_number(row))]
+    sections = {n: s for n, s in was.sections.items() if not fresh(n)} | {
+        n: s for n, s in now.sections.items() if fresh(n)
+    }
+    kept = sorted({_NUMBERS[n] for n in was.sections if n in _NUMBERS and not fresh(n)})
+    header = list(now.header)
+    if kept:
+        run = _field(was.header, r"- Run: (.*?)\.\n")
+        load = _kept_loads(_field(was.header, r"- Load average \(1/5/15 min\) (.*?)\.\n"), set(kept))
+        before = _field(was.header, r'"before" is commit `([^`]+)`')
+        after = _field(was.header, r'"after" is ([^;]+);')
+        last_bullet = max(i for i, line in enumerate(header) if line.startswith("- "))
+        header.insert(
+            last_bullet + 1,
+            f"- Only {', '.join(sorted(ran))} ran here; the other figures ({', '.join(kept)}) are kept as the "
+            f'previous run published them: {run}, "before" `{before}`, "after" {after}; load {load}.',
+        )
+    while header and not header[-1]:
+        header.pop()
+    out = [*header, "", "## Goals", "", *now.goals_head, *sorted(rows, key=_order)]
+    for number in sorted(sections, key=lambda n: int(n) if n.isdigit() else 99):
+        out += ["", *sections[number]]
+    return "\n".join(out) + "\n"
