@@ -108,9 +108,11 @@ def cluster() -> Iterator[Cluster]:
         yield found
     finally:
         FACTS.append(f"RSS at the end: node daemons and shims {found.node.daemons_rss_kib() / 1024:.0f} MiB")
-        for server in (found.keycloak, found.kube, found.node):
-            server.stop()
-        found.engine.stop()
+        for what, server in (("Keycloak", found.keycloak), ("kube-apiserver", found.kube), ("node", found.node)):
+            with timed(f"node: stop {what}"):
+                server.stop()
+        with timed("node: stop dockerd (when the stage started it)"):
+            found.engine.stop()
     assert all(g is not None and not group_alive(g) for g in groups), "a node-stage process outlived the session"
     assert not found.node.leftovers(), f"the node left {found.node.leftovers()}"
 
