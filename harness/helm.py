@@ -6,7 +6,7 @@
   It is stamped with the ldflags of helm's own Makefile: without them ``helm template`` assumes
   Kubernetes 1.20 and rejects a chart's ``kubeVersion: >=1.29``. The Kubernetes version stamped is the
   one helm's Makefile derives from the ``k8s.io/client-go`` it requires (v0.37 -> 1.37).
-* ``lint``, ``template`` and ``install`` are thin wrappers; every call runs with ``HELM_*`` folders in a
+* ``lint``, ``template``, ``install`` and ``uninstall`` are thin wrappers; every call runs with ``HELM_*`` folders in a
   temporary directory, so nothing reads or writes the user's helm configuration or repositories.
 
 Usage: ``python -m harness.helm`` (build or reuse, print the path).
@@ -180,6 +180,11 @@ def install(
     with tempfile.TemporaryDirectory(prefix="dcr-helm-values-") as folder:
         args = ["upgrade", "--install", release, str(chart), "--namespace", namespace]
         return run(*args, *_values_args(values, Path(folder)), *extra, kubeconfig=kubeconfig).stdout
+
+
+def uninstall(kubeconfig: Path, release: str, namespace: str, extra: tuple[str, ...] = ()) -> str:
+    """``helm uninstall`` of ``release`` in ``namespace`` of the cluster ``kubeconfig`` names; returns helm's output."""
+    return run("uninstall", release, "--namespace", namespace, *extra, kubeconfig=kubeconfig).stdout
 
 
 def main() -> int:

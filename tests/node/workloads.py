@@ -93,6 +93,10 @@ class Workload:
     realm: str
     folder: Path
     documents: list[dict[str, Any]] = field(default_factory=list)
+    # What the deploy/k8s manifests name; the Helm chart's release names its own (tests/node/test_helm.py).
+    selector: str = APP
+    client_prefix: str = "mcp-server"
+    secret_name: str = "mcp-server-dcr-client"
 
     def kubectl(self, *args: str, check: bool = True) -> str:
         return self.kube.kubectl(f"--namespace={self.namespace}", *args, check=check)
@@ -121,11 +125,11 @@ class Workload:
 
     def pods(self) -> list[dict[str, Any]]:
         """The workload's Pods that are not being deleted."""
-        found = json.loads(self.kubectl("get", "pods", "-l", APP, "-o", "json"))["items"]
+        found = json.loads(self.kubectl("get", "pods", "-l", self.selector, "-o", "json"))["items"]
         return [p for p in found if not p["metadata"].get("deletionTimestamp")]
 
     def all_pods(self) -> list[dict[str, Any]]:
-        return list(json.loads(self.kubectl("get", "pods", "-l", APP, "-o", "json"))["items"])
+        return list(json.loads(self.kubectl("get", "pods", "-l", self.selector, "-o", "json"))["items"])
 
     def running(self, count: int) -> list[dict[str, Any]] | None:
         """The Pods when exactly ``count`` exist, none terminating, all Running and Ready; else None."""
@@ -156,8 +160,8 @@ class Workload:
         return self.kubectl("logs", pod, "-c", container, "--timestamps").splitlines()
 
     def clients(self, admin: Admin) -> list[dict[str, Any]]:
-        """The realm's clients the workload registered (named mcp-server or mcp-server-<pod>)."""
-        return [c for c in admin.clients(self.realm) if str(c.get("name", "")).startswith("mcp-server")]
+        """The realm's clients the workload registered (named ``client_prefix``, or that and ``-<pod>``)."""
+        return [c for c in admin.clients(self.realm) if str(c.get("name", "")).startswith(self.client_prefix)]
 
     def serves(self, admin: Admin, pod: dict[str, Any]) -> str:
         """The client id the unmodified server in ``pod`` reports over MCP, called with a caller's token."""
@@ -189,14 +193,23 @@ class Workload:
         return str(client_credentials_token(token_endpoint, CALLER, secret)["access_token"])
 
     def shared_client_id(self) -> str | None:
-        """The client id in the shared-secret manifest's Secret (None while it is empty)."""
-        secret = self.kube.request("GET", f"/api/v1/namespaces/{self.namespace}/secrets/mcp-server-dcr-client")
+        """The client id in the shared mode's Secret, ``secret_name`` (None while it is empty)."""
+        secret = self.kube.request("GET", f"/api/v1/namespaces/{self.namespace}/secrets/{self.secret_name}")
         raw = (secret.get("data") or {}).get("dcr_client.json")
         return str(json.loads(base64.b64decode(raw))["client_id"]) if raw else None
 
 
 def _ready(pod: dict[str, Any]) -> bool:
     return any(c["type"] == "Ready" and c["status"] == "True" for c in pod["status"].get("conditions", []))
+
+
+def api_server_env(kube: KubeServer) -> list[dict[str, str]]:
+    """KUBERNETES_SERVICE_HOST/PORT naming the API server itself (no kube-proxy on the node), as EnvVars."""
+    api = urllib.parse.urlsplit(kube.url)
+    return [
+        {"name": "KUBERNETES_SERVICE_HOST", "value": str(api.hostname)},
+        {"name": "KUBERNETES_SERVICE_PORT", "value": str(api.port)},
+    ]
 
 
 def substitute(deployment: dict[str, Any], keycloak_url: str, kube: KubeServer, replicas: int | None) -> None:
@@ -209,10 +222,6 @@ def substitute(deployment: dict[str, Any], keycloak_url: str, kube: KubeServer, 
             if variable["name"] in values:
                 variable["value"] = values[variable["name"]]
         if container["name"] == "dcr-bootstrap":
-            api = urllib.parse.urlsplit(kube.url)
-            container["env"] += [
-                {"name": "KUBERNETES_SERVICE_HOST", "value": str(api.hostname)},
-                {"name": "KUBERNETES_SERVICE_PORT", "value": str(api.port)},
-            ]
+            container["env"] += api_server_env(kube)
     if replicas is not None:
         deployment["spec"]["replicas"] = replicas

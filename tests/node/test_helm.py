@@ -1,0 +1,199 @@
+"""deploy/helm/dcr-bootstrap installed with ``helm install`` on a real node: both modes, and ``helm uninstall``.
+
+Each release gets a fresh namespace enforcing Pod Security 'restricted' (so a Pod the chart renders that
+broke it would never be created) and a fresh realm; the initial access token Secret is created as the
+chart's README says. The values are the chart's defaults (its images, already on the node) except what the
+stage needs, the substitutions tests/node/workloads.py makes to the plain manifests:
+
+* ``issuer.keycloakUrl`` and ``issuer.internalUrl``: the stage's Keycloak (there is no DNS);
+* ``bootstrap.env``: ``KUBERNETES_SERVICE_HOST``/``PORT`` naming the API server itself (no kube-proxy);
+* ``server.env``: ``KEYCLOAK_URL``/``KEYCLOAK_REALM`` for the example server, which reads them (the chart
+  gives the server ``DCR_CLIENT_FILE`` only; an operator passes the server's own settings this way).
+
+The tests run in file order: the shared release (kept for the module), the sidecar release, then the
+shared release's uninstall.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness import helm
+from harness.docker import timed
+from harness.keycloak import Admin
+from harness.process import HarnessError
+from tests.node.conftest import ROOT, Cluster
+from tests.node.workloads import Workload, api_server_env, eventually, fresh_namespace, fresh_realm, log_time
+
+CHART = ROOT / "deploy" / "helm" / "dcr-bootstrap"
+RELEASE = "shop"
+FULLNAME = f"{RELEASE}-dcr-bootstrap"  # the chart's full name for this release
+SELECTOR = f"app.kubernetes.io/name=dcr-bootstrap,app.kubernetes.io/instance={RELEASE}"
+SECRET = f"{FULLNAME}-dcr-client"
+CLIENT_FILE = "/var/lib/dcr/.dcr_client.json"
+GRACE_SECONDS = 30  # the chart's default terminationGracePeriodSeconds
+
+
+@pytest.fixture(scope="module", autouse=True)
+def helm_binary() -> Path:
+    """helm, built once per machine; unavailable fails in CI and skips elsewhere, like the node itself."""
+    try:
+        return helm.ensure_helm()
+    except (HarnessError, OSError) as exc:
+        line = f"helm unavailable: {str(exc).splitlines()[0] if str(exc) else 'unknown'}"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(line, pytrace=False)
+        pytest.skip(line)
+
+
+@pytest.fixture(scope="module")
+def admin(cluster: Cluster) -> Admin:
+    return cluster.admin()
+
+
+def chart_values(cluster: Cluster, mode: str, realm: str, replicas: int) -> dict[str, Any]:
+    """The chart's defaults plus the stage's substitutions of the module docstring."""
+    url = cluster.keycloak.url
+    return {
+        "mode": mode,
+        "replicaCount": replicas,
+        "issuer": {"keycloakUrl": url, "realm": realm, "internalUrl": url},
+        "bootstrap": {"env": api_server_env(cluster.kube)},
+        "server": {"env": [{"name": "KEYCLOAK_URL", "value": url}, {"name": "KEYCLOAK_REALM", "value": realm}]},
+    }
+
+
+def kubeconfig(workload: Workload) -> Path:
+    """The admin kubeconfig helm uses for the workload's release (written by :func:`release`)."""
+    return workload.folder / "admin.kubeconfig"
+
+
+@contextmanager
+def release(cluster: Cluster, admin: Admin, folder: Path, mode: str, replicas: int, tokens: int) -> Iterator[Workload]:
+    """``helm install`` of the chart in ``mode`` in a fresh restricted namespace and realm; its Pods Running."""
+    with fresh_namespace(cluster.kube) as namespace, fresh_realm(admin, f"helm-{mode}") as realm:
+        workload = Workload(
+            cluster.kube,
+            cluster.node,
+            cluster.keycloak,
+            namespace,
+            realm,
+            folder,
+            selector=SELECTOR,
+            client_prefix=FULLNAME,
+            secret_name=SECRET,
+        )
+        workload.create_token_secret(admin, count=tokens)
+        config = cluster.kube.kubeconfig(kubeconfig(workload), namespace=namespace)
+        try:
+            with timed(f"node: helm install ({mode}) -> {replicas} Pods Running and Ready"):
+                helm.install(config, CHART, RELEASE, namespace, chart_values(cluster, mode, realm, replicas))
+                workload.wait_running(replicas)
+            yield workload
+        finally:
+            helm.run("uninstall", RELEASE, "--namespace", namespace, check=False, kubeconfig=config)
+            config.unlink()
+
+
+@pytest.fixture(scope="module")
+def shared(cluster: Cluster, admin: Admin, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workload]:
+    """The chart in mode=shared with 3 replicas, from a single-use initial access token."""
+    with release(cluster, admin, Path(tmp_path_factory.mktemp("helm-shared")), "shared", 3, tokens=1) as workload:
+        yield workload
+
+
+@pytest.fixture(scope="module")
+def sidecar(cluster: Cluster, admin: Admin, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workload]:
+    """The chart in mode=sidecar with 1 replica, from a token for ten registrations."""
+    with release(cluster, admin, Path(tmp_path_factory.mktemp("helm-sidecar")), "sidecar", 1, tokens=10) as workload:
+        yield workload
+
+
+def _client_ids(workload: Workload, admin: Admin) -> list[str]:
+    return [str(c["clientId"]) for c in workload.clients(admin)]
+
+
+def _client_of(workload: Workload, admin: Admin, pod: str) -> list[str]:
+    """The ids of the clients the chart names after ``pod`` (<full name>-{hostname}; the tool adds " (dcr <id>)")."""
+    named = f"{FULLNAME}-{pod}"
+    return [c["clientId"] for c in workload.clients(admin) if str(c.get("name", "")).split(" (dcr ", 1)[0] == named]
+
+
+# -- mode=shared ----------------------------------------------------------------------------------
+
+
+def test_shared_release_runs_three_pods_and_every_server_answers_with_the_one_client(
+    shared: Workload, admin: Admin
+) -> None:
+    """helm install, mode=shared, 3 replicas: Running; one client on Keycloak, the Secret's; each server uses it."""
+    pods = shared.wait_running(3)
+    clients = _client_ids(shared, admin)
+    assert len(clients) == 1, f"clients on Keycloak: {clients}"
+    assert shared.shared_client_id() == clients[0]
+    assert [shared.serves(admin, pod) for pod in pods] == clients * 3
+
+
+# -- mode=sidecar ---------------------------------------------------------------------------------
+
+
+def test_sidecar_release_starts_the_server_only_after_the_startup_probe_sees_the_file(
+    sidecar: Workload, admin: Admin
+) -> None:
+    """The chart's startup probe on the file gates the server: its first line follows the write; no restarts."""
+    [pod] = sidecar.wait_running(1)
+    name = pod["metadata"]["name"]
+    [probed] = pod["spec"]["initContainers"]
+    assert probed["startupProbe"]["exec"]["command"] == ["test", "-s", CLIENT_FILE]
+    [sidecar_status] = pod["status"]["initContainerStatuses"]
+    [server_status] = pod["status"]["containerStatuses"]
+    assert sidecar_status["started"] and sidecar_status["restartCount"] == 0
+    assert server_status["restartCount"] == 0
+    client_id = sidecar.server_client_id(pod)  # waits for the server's start-up line
+    written = [log_time(line) for line in sidecar.logs(name, "dcr-bootstrap") if "Credentials written" in line]
+    assert written, sidecar.explain()
+    assert written[0] < log_time(sidecar.logs(name, "mcp-server")[0])
+    assert _client_of(sidecar, admin, name) == [client_id]
+
+
+def test_sidecar_release_deleting_a_pod_deletes_its_client(sidecar: Workload, admin: Admin) -> None:
+    """kubectl delete pod: on SIGTERM its sidecar deletes its client within the grace period; the new Pod has one."""
+    [pod] = sidecar.wait_running(1)
+    name = pod["metadata"]["name"]
+    assert len(_client_of(sidecar, admin, name)) == 1
+    started = time.monotonic()
+    sidecar.kubectl("delete", "pod", name, "--wait=true", "--timeout=90s")
+    elapsed = time.monotonic() - started
+    assert elapsed < GRACE_SECONDS, f"the Pod took {elapsed:.0f}s to stop: its sidecar was killed, not stopped"
+    assert _client_of(sidecar, admin, name) == []
+    [replacement] = sidecar.wait_running(1)
+    new = replacement["metadata"]["name"]
+    eventually(lambda: len(_client_of(sidecar, admin, new)) == 1, 60, "the replacement's own client")
+    assert len(sidecar.clients(admin)) == 1, f"clients on Keycloak: {_client_ids(sidecar, admin)}"
+
+
+# -- helm uninstall -------------------------------------------------------------------------------
+
+
+def test_uninstalling_the_shared_release_keeps_the_secret_and_its_one_client(
+    shared: Workload, admin: Admin, cluster: Cluster
+) -> None:
+    """helm uninstall: the workload goes; the kept Secret still names the one client, which stays on Keycloak."""
+    [client_id] = _client_ids(shared, admin)
+    with timed("node: helm uninstall (shared) -> its Pods gone"):
+        output = helm.uninstall(kubeconfig(shared), RELEASE, shared.namespace)
+        eventually(lambda: not shared.all_pods(), 90, "the release's Pods gone", shared.explain)
+    assert f"[Secret] {SECRET}" in output, output
+    assert json.loads(shared.kubectl("get", "deployments,roles,leases", "-o", "json"))["items"] == []
+    # Only the metadata: an assertion must never print the Secret's data.
+    kept = cluster.kube.request("GET", f"/api/v1/namespaces/{shared.namespace}/secrets/{SECRET}")["metadata"]
+    assert kept.get("annotations", {}).get("helm.sh/resource-policy") == "keep"
+    assert shared.shared_client_id() == client_id
+    assert _client_ids(shared, admin) == [client_id]
