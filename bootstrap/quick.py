@@ -119,7 +119,8 @@ class Early:
 _early = Early()
 
 
-def _version(path: Path) -> list[int] | None:  # as store.version, without its imports
+def file_version(path: Path) -> list[int] | None:
+    """What changes whenever the file is replaced (each save is a new inode): compared, never trusted."""
     try:
         st = os.lstat(path)
     except OSError:
@@ -143,7 +144,7 @@ def take_lock() -> None:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        _early = Early(lock.absolute(), busy=True, version=_version(path))
+        _early = Early(lock.absolute(), busy=True, version=file_version(path))
         return
     except OSError:
         os.close(fd)

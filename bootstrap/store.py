@@ -107,13 +107,7 @@ def _not_ours(exc: Untrusted) -> StorageError:
     )
 
 
-def version(path: Path) -> list[int] | None:
-    """What changes whenever the file is replaced (each save is a new inode): compared, never trusted."""
-    try:
-        st = os.lstat(path)
-    except OSError:
-        return None
-    return [st.st_ino, st.st_mtime_ns, st.st_size]
+version = quick.file_version  # the standard-library side needs it before the heavy imports
 
 
 def _lock_path(path: Path) -> Path:
