@@ -42,6 +42,18 @@ class _Answer:
     generation: int = 0  # of the credentials it was sent with (Credentials.generation)
 
 
+MANAGED_BY = {"app.kubernetes.io/managed-by": "dcr-bootstrap"}
+
+
+def kept_metadata(obj: dict[str, Any], name: str, namespace: str, resource_version: str) -> dict[str, Any]:
+    """An object's metadata as read, for a PUT of it: what others put there (labels, annotations, owners,
+    finalizers, Helm's ownership) stays; our managed-by label is added only where none is set."""
+    metadata = dict(dict_or_empty(obj.get("metadata")))
+    labels = {**MANAGED_BY, **dict_or_empty(metadata.get("labels"))}
+    metadata.update(name=name, namespace=namespace, resourceVersion=resource_version, labels=labels)
+    return metadata
+
+
 # Where each kind of object we touch lives in the API, and its RBAC resource name.
 _API_PATHS = {"secret": "/api/v1", "lease": "/apis/coordination.k8s.io/v1", "deployment": "/apis/apps/v1"}
 _RESOURCES = {"secret": "secrets", "lease": "leases.coordination.k8s.io", "deployment": "deployments.apps"}

@@ -32,7 +32,7 @@ from .. import log
 from ..errors import BootstrapError, LeaseLost, LockTimeout, printable
 from ..settings import hostname
 from ..wait import Deadline
-from ._client import KubeClient
+from ._client import MANAGED_BY, KubeClient, kept_metadata
 from ._values import dict_or_empty, int_or_none, text_or_none
 
 T = TypeVar("T")
@@ -42,7 +42,6 @@ RETRY_PERIOD = 2.0
 JITTER_FACTOR = 1.2  # client-go's: the retry period is stretched by up to this much
 # Releasing the Lease must not depend on the time the (possibly failed) run has left.
 RELEASE_TIMEOUT = 5.0
-MANAGED_BY = {"app.kubernetes.io/managed-by": "dcr-bootstrap"}
 
 logger = log.get_logger()
 
@@ -109,10 +108,14 @@ class LeaseLock:
         duration = duration if duration is not None and duration > 0 else self.duration
         return self._clock() - self._observed_at >= duration
 
-    def _body(self, spec: dict[str, Any], rv: str | None) -> dict[str, Any]:
-        metadata: dict[str, Any] = {"name": self.name, "namespace": self.client.namespace, "labels": dict(MANAGED_BY)}
-        if rv is not None:
-            metadata["resourceVersion"] = rv
+    def _body(self, spec: dict[str, Any], read: dict[str, Any] | None = None) -> dict[str, Any]:
+        """A new Lease (``read`` None), or the one read with our ``spec``: its other metadata stays."""
+        if read is None:
+            metadata: dict[str, Any] = {"name": self.name, "namespace": self.client.namespace}
+            metadata["labels"] = dict(MANAGED_BY)
+        else:
+            rv = self.client.resource_version(read, "lease", self.name)
+            metadata = kept_metadata(read, self.name, self.client.namespace, rv)
         return {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": metadata, "spec": spec}
 
     def _spec(self, previous: dict[str, Any] | None) -> dict[str, Any]:
@@ -133,7 +136,7 @@ class LeaseLock:
         """One round: take the Lease if it is free or expired (or renew it if ours); False if another holds it."""
         status, obj = await self.client.call("GET", "lease", self.name, "get", accept=(404,), budget=budget)
         if status == 404:
-            body = self._body(self._spec(None), None)
+            body = self._body(self._spec(None))
             status, obj = await self.client.call(
                 "POST", "lease", self.name, "create", body, accept=(409,), budget=budget
             )
@@ -143,8 +146,7 @@ class LeaseLock:
         current = text_or_none(spec.get("holderIdentity"))
         if current is not None and current != self.identity and not self._expired(spec):
             return False
-        rv = self.client.resource_version(obj, "lease", self.name)
-        body = self._body(self._spec(spec), rv)
+        body = self._body(self._spec(spec), obj)
         status, obj = await self.client.call(
             "PUT", "lease", self.name, "update", body, accept=(404, 409), budget=budget
         )
@@ -221,8 +223,7 @@ class LeaseLock:
             return
         now = _micro_time(datetime.datetime.now(datetime.UTC))
         spec.update(holderIdentity=None, leaseDurationSeconds=1, renewTime=now, acquireTime=now)
-        rv = self.client.resource_version(obj, "lease", self.name)
         # 404/409: someone took or removed it, fine.
         await self.client.call(
-            "PUT", "lease", self.name, "update", self._body(spec, rv), accept=(404, 409), budget=RELEASE_TIMEOUT
+            "PUT", "lease", self.name, "update", self._body(spec, obj), accept=(404, 409), budget=RELEASE_TIMEOUT
         )

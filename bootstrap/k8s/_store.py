@@ -18,9 +18,9 @@ from typing import Any
 from .._http import json_object
 from ..errors import InvalidSecret, StoreConflict
 from ..wait import Deadline, RetryPolicy
-from ._client import ATTEMPT_TIMEOUT, KubeClient
+from ._client import ATTEMPT_TIMEOUT, MANAGED_BY, KubeClient, kept_metadata
 from ._config import KubeApi, check_name
-from ._lease import MANAGED_BY, LeaseLock, holder_identity
+from ._lease import LeaseLock, holder_identity
 from ._values import dict_or_empty
 
 DATA_KEY = "dcr_client.json"
@@ -134,15 +134,13 @@ class KubeStore:
         return rv
 
     def _updated(self, encoded: str, resource_version: str) -> dict[str, Any]:
-        """The Secret as last read with only our key and label changed: other keys, labels, annotations,
-        ownerReferences and finalizers survive (a PUT replaces the whole object)."""
+        """The Secret as last read with only our key changed: other keys, labels (a managed-by that Helm or
+        another tool set is theirs: ours is added only where none is), annotations, ownerReferences and
+        finalizers survive (a PUT replaces the whole object)."""
         obj = copy.deepcopy(self._secret_obj) if self._secret_obj else {}
         obj.update(apiVersion="v1", kind="Secret")
         obj.setdefault("type", "Opaque")
-        metadata = dict_or_empty(obj.get("metadata"))
-        labels = {**dict_or_empty(metadata.get("labels")), **MANAGED_BY}
-        metadata.update(name=self.secret, namespace=self.namespace, resourceVersion=resource_version, labels=labels)
-        obj["metadata"] = metadata
+        obj["metadata"] = kept_metadata(obj, self.secret, self.namespace, resource_version)
         obj["data"] = {**dict_or_empty(obj.get("data")), DATA_KEY: encoded}
         return obj
 

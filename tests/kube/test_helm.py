@@ -6,7 +6,9 @@ here is marked ``kube`` explicitly; the dry-runs and installs also use the real 
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import json
 import os
 import tomllib
 from collections.abc import Iterator
@@ -16,6 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
+from bootstrap.k8s import KubeStore
 from harness import helm
 from harness.kube import KubeServer
 from harness.process import HarnessError
@@ -364,18 +367,20 @@ def installed(kube: KubeServer, namespace: str, admin_kubeconfig: Path) -> Itera
     helm.run("uninstall", RELEASE, "--namespace", namespace, check=False, kubeconfig=admin_kubeconfig)
 
 
-def _fill_secret(kube: KubeServer, namespace: str, secret: str, document: bytes) -> None:
-    """Write the Secret as the tool does: the dcr_client.json key and its managed-by label."""
-    path = f"/api/v1/namespaces/{namespace}/secrets/{secret}"
-    current = kube.request("GET", path)
-    current["data"] = {"dcr_client.json": base64.b64encode(document).decode()}
-    current["metadata"]["labels"]["app.kubernetes.io/managed-by"] = "dcr-bootstrap"
-    kube.request("PUT", path, current)
+def _fill_secret(admin_kubeconfig: Path, namespace: str, secret: str, document: dict[str, Any]) -> None:
+    """Write the registration into the Secret through the tool's own store, as a Pod does."""
+
+    async def write() -> None:
+        async with KubeStore.from_environment(secret, None, namespace, kubeconfig=admin_kubeconfig) as store:
+            _, version = await store.load()
+            await store.save(document, version)
+
+    asyncio.run(write())
 
 
-def _stored(kube: KubeServer, namespace: str, secret: str) -> bytes:
+def _stored(kube: KubeServer, namespace: str, secret: str) -> dict[str, Any] | None:
     data = kube.request("GET", f"/api/v1/namespaces/{namespace}/secrets/{secret}").get("data") or {}
-    return base64.b64decode(data.get("dcr_client.json", ""))
+    return dict(json.loads(base64.b64decode(data["dcr_client.json"]))) if "dcr_client.json" in data else None
 
 
 def test_installed_role_lets_the_account_reach_its_two_objects_and_nothing_more(
@@ -401,32 +406,23 @@ def test_upgrade_leaves_the_registration_in_the_secret(
     kube: KubeServer, namespace: str, admin_kubeconfig: Path, installed: str
 ) -> None:
     """helm upgrade after the tool wrote the Secret keeps its dcr_client.json."""
-    document = b'{"client_id": "test-client"}'
-    _fill_secret(kube, namespace, installed, document)
+    document = {"client_id": "test-client"}
+    _fill_secret(admin_kubeconfig, namespace, installed, document)
     helm.install(admin_kubeconfig, CHART, RELEASE, namespace, {"mode": "shared", "replicaCount": 2})
     if _stored(kube, namespace, installed) != document:
         raise AssertionError("helm upgrade changed the registration in the shared Secret")
 
 
-def test_uninstall_keeps_the_secret_and_a_reinstall_takes_it_over(
+def test_uninstall_keeps_the_secret_and_a_plain_reinstall_takes_it_over(
     kube: KubeServer, namespace: str, admin_kubeconfig: Path, installed: str
 ) -> None:
-    """helm uninstall leaves the filled Secret; install --take-ownership adopts it with the registration intact."""
-    document = b'{"client_id": "test-client"}'
-    _fill_secret(kube, namespace, installed, document)
+    """helm uninstall leaves the filled Secret; a plain install adopts it (the tool kept Helm's ownership labels)
+    with the registration intact."""
+    document = {"client_id": "test-client"}
+    _fill_secret(admin_kubeconfig, namespace, installed, document)
     helm.run("uninstall", RELEASE, "--namespace", namespace, kubeconfig=admin_kubeconfig)
     if _stored(kube, namespace, installed) != document:
         raise AssertionError("helm uninstall removed or changed the shared Secret")
-    helm.install(admin_kubeconfig, CHART, RELEASE, namespace, {"mode": "shared"}, extra=("--take-ownership",))
+    helm.install(admin_kubeconfig, CHART, RELEASE, namespace, {"mode": "shared"})
     if _stored(kube, namespace, installed) != document:
         raise AssertionError("the reinstall changed the registration in the shared Secret")
-
-
-def test_a_plain_reinstall_over_the_kept_secret_is_refused_by_helm(
-    kube: KubeServer, namespace: str, admin_kubeconfig: Path, installed: str
-) -> None:
-    """Without --take-ownership helm refuses the Secret the tool relabelled, which is why README.md names the flag."""
-    _fill_secret(kube, namespace, installed, b'{"client_id": "test-client"}')
-    helm.run("uninstall", RELEASE, "--namespace", namespace, kubeconfig=admin_kubeconfig)
-    with pytest.raises(HarnessError, match=f"(?s)Secret.*{installed}.*managed-by"):
-        helm.install(admin_kubeconfig, CHART, RELEASE, namespace, {"mode": "shared"})

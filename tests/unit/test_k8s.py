@@ -630,6 +630,15 @@ async def test_a_write_keeps_other_keys_labels_annotations_owners_and_finalizers
     assert kube.shared() == registration()
 
 
+async def test_a_secret_another_tool_manages_keeps_its_managed_by_label(kube: FakeKube) -> None:
+    """A Secret Helm created (managed-by: Helm) stays Helm's after our write: a reinstall can adopt it."""
+    kube.put_secret(metadata={"labels": {"app.kubernetes.io/managed-by": "Helm"}})
+    async with kube_store(kube) as s:
+        _, rv = await s.load()
+        await s.save(registration(), rv)
+    assert kube.objects[("secret", NS, SECRET)]["metadata"]["labels"] == {"app.kubernetes.io/managed-by": "Helm"}
+
+
 # --- item 3: secrets masked ---
 
 

@@ -192,3 +192,25 @@ async def test_a_run_that_loses_its_lease_mid_flow_writes_nothing_and_withdraws_
             gate.set()
     assert server.registered == 1 and server.clients == {}
     assert kube.shared() is None and kube.seen.count("PUT secret") == kube.seen.count("POST secret") == 0
+
+
+async def test_taking_the_lease_keeps_its_labels_annotations_and_helms_ownership(kube: FakeKube) -> None:
+    """A PUT sends the Lease back as read: Helm's managed-by and release annotations, and anyone's labels, stay."""
+    metadata = {
+        "name": LEASE,
+        "labels": {"app.kubernetes.io/managed-by": "Helm", "team": "shop"},
+        "annotations": {"meta.helm.sh/release-name": "mcp"},
+    }
+    kube._store(("lease", NS, LEASE), {"metadata": metadata, "spec": {}})
+    async with kube_store(kube, lease=LEASE) as store:
+        await store.acquire("pod-a", timeout=5)
+        await store.release()
+    kept = kube.objects[("lease", NS, LEASE)]["metadata"]
+    assert kept["labels"] == metadata["labels"] and kept["annotations"] == metadata["annotations"]
+
+
+async def test_a_new_lease_is_labelled_as_ours(kube: FakeKube) -> None:
+    """The Lease the tool creates carries app.kubernetes.io/managed-by: dcr-bootstrap."""
+    async with kube_store(kube, lease=LEASE) as store:
+        await store.acquire("pod-a", timeout=5)
+    assert kube.objects[("lease", NS, LEASE)]["metadata"]["labels"] == {"app.kubernetes.io/managed-by": "dcr-bootstrap"}
