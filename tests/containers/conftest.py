@@ -2,13 +2,12 @@
 
 An engine that runs is used as it is; otherwise, as root on Linux, ``docker.io`` is installed and
 ``dockerd`` started for the session and stopped by its PID at the end. Without an engine the tests fail
-with one line in CI (``CI=true``) and skip loudly elsewhere. The step timings, the image facts and the
+with one line in CI (``CI=true``) and skip with it elsewhere. The step timings, the image facts and the
 folder with every service's log are printed at the end of the run.
 """
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,6 +31,7 @@ from harness.docker import (
     timed,
 )
 from harness.keycloak import free_port
+from tests.conftest import unavailable
 
 # Printed at the end of the run (pytest_terminal_summary): image facts and where the logs are.
 FACTS: list[str] = []
@@ -52,10 +52,7 @@ def engine() -> Iterator[Engine]:
         if found is not None:
             found.stop()
     if problem or found is None:
-        # Outside the except block: one line, no exception chain.
-        if os.environ.get("CI") == "true":
-            pytest.fail(problem, pytrace=False)
-        pytest.skip(f"!!! SKIPPED: {problem}")
+        unavailable(problem)  # outside the except block: one line, no exception chain
     FACTS.append(f"engine: {'started by the tests' if found.pid else 'found running'}; compose {version}")
     try:
         yield found

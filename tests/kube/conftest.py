@@ -7,16 +7,17 @@ started, the tests fail in CI (``CI=true``) with one line, and are skipped elsew
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
 from harness.keycloak import Admin, KeycloakServer
 from harness.kube import KubeServer, ensure_binaries
 from harness.process import HarnessError, group_alive
+from tests.conftest import unavailable
 from tests.kube.pods import Cluster, apply_shared_rbac
 
 RESTRICTED = {f"pod-security.kubernetes.io/{mode}": "restricted" for mode in ("enforce", "warn", "audit")} | {
@@ -24,11 +25,8 @@ RESTRICTED = {f"pod-security.kubernetes.io/{mode}": "restricted" for mode in ("e
 }
 
 
-def _unavailable(reason: str) -> None:
-    line = f"kube-apiserver harness unavailable: {reason.splitlines()[0] if reason else 'unknown'}"
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(line, pytrace=False)
-    pytest.skip(line)
+def _unavailable(reason: str) -> NoReturn:
+    unavailable(f"kube-apiserver harness unavailable: {reason.splitlines()[0] if reason else 'unknown'}")
 
 
 @pytest.fixture(scope="session")

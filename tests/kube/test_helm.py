@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import os
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +23,7 @@ from harness.kube import KubeServer
 from harness.process import HarnessError
 from tests.kube.pods import dry_run
 
-pytestmark = [pytest.mark.kube, pytest.mark.integration]
+pytestmark = [pytest.mark.kube, pytest.mark.integration, pytest.mark.usefixtures("helm_binary")]
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "deploy" / "helm" / "dcr-bootstrap"
@@ -53,18 +52,6 @@ COMBINATIONS: dict[str, dict[str, Any]] = {
         "bootstrap": {"env": [{"name": "DCR_SCOPE", "value": "mcp:tools"}], "watchInterval": "5m"},
     },
 }
-
-
-@pytest.fixture(scope="session", autouse=True)
-def helm_binary() -> Path:
-    """helm v3.22.0, built once per machine; unavailable fails in CI and skips elsewhere, like the kube fixture."""
-    try:
-        return helm.ensure_helm()
-    except (HarnessError, OSError) as exc:
-        line = f"helm unavailable: {str(exc).splitlines()[0] if str(exc) else 'unknown'}"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(line, pytrace=False)
-        pytest.skip(line)
 
 
 def render(values: dict[str, Any], namespace: str = "shop-ns") -> list[dict[str, Any]]:

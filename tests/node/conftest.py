@@ -14,6 +14,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -22,6 +23,7 @@ from harness.keycloak import Admin, KeycloakServer
 from harness.kube import KubeServer, ensure_binaries
 from harness.node import Node, ensure_node_binaries, ensure_pause_image
 from harness.process import HarnessError, group_alive
+from tests.conftest import unavailable
 
 ROOT = Path(__file__).resolve().parents[2]
 BOOTSTRAP_IMAGE = "dcr-bootstrap:0.1.0"
@@ -30,13 +32,10 @@ SERVER_IMAGE = "dcr-bootstrap-example-mcp-server:dev"
 FACTS: list[str] = []
 
 
-def _unavailable(reason: str) -> None:
+def _unavailable(reason: str) -> NoReturn:
     lines = [line.strip() for line in reason.splitlines() if line.strip()] or ["unknown"]
     # One line: what failed, and the last line of the log that says why.
-    line = f"node stage unavailable: {lines[0]}{' ... ' + lines[-1] if len(lines) > 1 else ''}"
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(line, pytrace=False)
-    pytest.skip(line)
+    unavailable(f"node stage unavailable: {lines[0]}{' ... ' + lines[-1] if len(lines) > 1 else ''}")
 
 
 @dataclass

@@ -17,8 +17,6 @@ shared release's uninstall.
 from __future__ import annotations
 
 import json
-import os
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,9 +27,16 @@ import pytest
 from harness import helm
 from harness.docker import timed
 from harness.keycloak import Admin
-from harness.process import HarnessError
 from tests.node.conftest import ROOT, Cluster
-from tests.node.workloads import Workload, api_server_env, eventually, fresh_namespace, fresh_realm, log_time
+from tests.node.workloads import (
+    Workload,
+    api_server_env,
+    check_deleting_the_pod_deletes_its_client,
+    check_server_waited_for_the_file,
+    eventually,
+    fresh_namespace,
+    fresh_realm,
+)
 
 CHART = ROOT / "deploy" / "helm" / "dcr-bootstrap"
 RELEASE = "shop"
@@ -40,18 +45,7 @@ SELECTOR = f"app.kubernetes.io/name=dcr-bootstrap,app.kubernetes.io/instance={RE
 SECRET = f"{FULLNAME}-dcr-client"
 CLIENT_FILE = "/var/lib/dcr/.dcr_client.json"
 GRACE_SECONDS = 30  # the chart's default terminationGracePeriodSeconds
-
-
-@pytest.fixture(scope="module", autouse=True)
-def helm_binary() -> Path:
-    """helm, built once per machine; unavailable fails in CI and skips elsewhere, like the node itself."""
-    try:
-        return helm.ensure_helm()
-    except (HarnessError, OSError) as exc:
-        line = f"helm unavailable: {str(exc).splitlines()[0] if str(exc) else 'unknown'}"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(line, pytrace=False)
-        pytest.skip(line)
+pytestmark = pytest.mark.usefixtures("helm_binary")
 
 
 @pytest.fixture(scope="module")
@@ -121,12 +115,6 @@ def _client_ids(workload: Workload, admin: Admin) -> list[str]:
     return [str(c["clientId"]) for c in workload.clients(admin)]
 
 
-def _client_of(workload: Workload, admin: Admin, pod: str) -> list[str]:
-    """The ids of the clients the chart names after ``pod`` (<full name>-{hostname}; the tool adds " (dcr <id>)")."""
-    named = f"{FULLNAME}-{pod}"
-    return [c["clientId"] for c in workload.clients(admin) if str(c.get("name", "")).split(" (dcr ", 1)[0] == named]
-
-
 # -- mode=shared ----------------------------------------------------------------------------------
 
 
@@ -148,34 +136,14 @@ def test_sidecar_release_starts_the_server_only_after_the_startup_probe_sees_the
     sidecar: Workload, admin: Admin
 ) -> None:
     """The chart's startup probe on the file gates the server: its first line follows the write; no restarts."""
-    [pod] = sidecar.wait_running(1)
-    name = pod["metadata"]["name"]
+    pod = check_server_waited_for_the_file(sidecar, admin)
     [probed] = pod["spec"]["initContainers"]
     assert probed["startupProbe"]["exec"]["command"] == ["test", "-s", CLIENT_FILE]
-    [sidecar_status] = pod["status"]["initContainerStatuses"]
-    [server_status] = pod["status"]["containerStatuses"]
-    assert sidecar_status["started"] and sidecar_status["restartCount"] == 0
-    assert server_status["restartCount"] == 0
-    client_id = sidecar.server_client_id(pod)  # waits for the server's start-up line
-    written = [log_time(line) for line in sidecar.logs(name, "dcr-bootstrap") if "Credentials written" in line]
-    assert written, sidecar.explain()
-    assert written[0] < log_time(sidecar.logs(name, "mcp-server")[0])
-    assert _client_of(sidecar, admin, name) == [client_id]
 
 
 def test_sidecar_release_deleting_a_pod_deletes_its_client(sidecar: Workload, admin: Admin) -> None:
     """kubectl delete pod: on SIGTERM its sidecar deletes its client within the grace period; the new Pod has one."""
-    [pod] = sidecar.wait_running(1)
-    name = pod["metadata"]["name"]
-    assert len(_client_of(sidecar, admin, name)) == 1
-    started = time.monotonic()
-    sidecar.kubectl("delete", "pod", name, "--wait=true", "--timeout=90s")
-    elapsed = time.monotonic() - started
-    assert elapsed < GRACE_SECONDS, f"the Pod took {elapsed:.0f}s to stop: its sidecar was killed, not stopped"
-    assert _client_of(sidecar, admin, name) == []
-    [replacement] = sidecar.wait_running(1)
-    new = replacement["metadata"]["name"]
-    eventually(lambda: len(_client_of(sidecar, admin, new)) == 1, 60, "the replacement's own client")
+    check_deleting_the_pod_deletes_its_client(sidecar, admin, GRACE_SECONDS)
     assert len(sidecar.clients(admin)) == 1, f"clients on Keycloak: {_client_ids(sidecar, admin)}"
 
 

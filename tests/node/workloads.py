@@ -163,6 +163,11 @@ class Workload:
         """The realm's clients the workload registered (named ``client_prefix``, or that and ``-<pod>``)."""
         return [c for c in admin.clients(self.realm) if str(c.get("name", "")).startswith(self.client_prefix)]
 
+    def clients_of(self, admin: Admin, pod: str) -> list[str]:
+        """The ids of the clients named after ``pod`` (``<client_prefix>-<pod>``; the tool adds " (dcr <id>)")."""
+        named = f"{self.client_prefix}-{pod}"
+        return [c["clientId"] for c in admin.clients(self.realm) if client_name(c) == named]
+
     def serves(self, admin: Admin, pod: dict[str, Any]) -> str:
         """The client id the unmodified server in ``pod`` reports over MCP, called with a caller's token."""
         client_id = self.server_client_id(pod)
@@ -197,6 +202,45 @@ class Workload:
         secret = self.kube.request("GET", f"/api/v1/namespaces/{self.namespace}/secrets/{self.secret_name}")
         raw = (secret.get("data") or {}).get("dcr_client.json")
         return str(json.loads(base64.b64decode(raw))["client_id"]) if raw else None
+
+
+def client_name(client: dict[str, Any]) -> str:
+    """DCR_CLIENT_NAME as configured: the tool appends " (dcr <id>)" to the client_name it registers."""
+    return str(client.get("name", "")).split(" (dcr ", 1)[0]
+
+
+def check_server_waited_for_the_file(sidecar: Workload, admin: Admin) -> dict[str, Any]:
+    """The one Pod of a sidecar workload: its server's first line follows the sidecar's write of the file,
+    neither container restarted, and the server uses the Pod's own client. Returns the Pod."""
+    [pod] = sidecar.wait_running(1)
+    name = pod["metadata"]["name"]
+    [sidecar_status] = pod["status"]["initContainerStatuses"]
+    [server_status] = pod["status"]["containerStatuses"]
+    assert sidecar_status["started"] and sidecar_status["restartCount"] == 0
+    assert server_status["restartCount"] == 0
+    client_id = sidecar.server_client_id(pod)  # waits for the server's start-up line
+    written = [log_time(line) for line in sidecar.logs(name, "dcr-bootstrap") if "Credentials written" in line]
+    assert written, sidecar.explain()
+    assert written[0] < log_time(sidecar.logs(name, "mcp-server")[0])
+    assert sidecar.clients_of(admin, name) == [client_id]
+    return pod
+
+
+def check_deleting_the_pod_deletes_its_client(sidecar: Workload, admin: Admin, grace: float) -> str:
+    """``kubectl delete pod`` of a sidecar workload's Pod ends within ``grace`` seconds (SIGTERM, not SIGKILL)
+    and deletes its client; the replacement Pod gets one of its own. Returns the replacement's name."""
+    [pod] = sidecar.wait_running(1)
+    name = pod["metadata"]["name"]
+    assert len(sidecar.clients_of(admin, name)) == 1
+    started = time.monotonic()
+    sidecar.kubectl("delete", "pod", name, "--wait=true", "--timeout=90s")
+    elapsed = time.monotonic() - started
+    assert elapsed < grace, f"the Pod took {elapsed:.0f}s to stop: its sidecar was killed, not stopped"
+    assert sidecar.clients_of(admin, name) == []
+    [replacement] = sidecar.wait_running(1)
+    new = str(replacement["metadata"]["name"])
+    eventually(lambda: len(sidecar.clients_of(admin, new)) == 1, 60, "the replacement's own client")
+    return new
 
 
 def _ready(pod: dict[str, Any]) -> bool:
