@@ -121,10 +121,10 @@ async def _checked(ctx: _Restore, backup: SavedRegistration, saved: SavedRegistr
         )
         return _managed_by(backup, same)
     try:
-        current = await _read(ctx, backup)
+        info, current = await _read(ctx, backup)
     except (ClientGone, NotAllowed) as exc:
         return await _not_readable(ctx, backup, same, exc)
-    if same is not None and _older_secret(current, same):
+    if same is not None and info.client_secret is None and _older_secret(backup, same):
         _keep_token(ctx, same, current)
         ctx.refuse(
             f"its client secret of client {backup.client_id} is older than the saved one",
@@ -168,18 +168,18 @@ async def _working(
     if token == backup.registration_access_token:
         return None  # the same token, refused already
     try:
-        return await _read(ctx, same)
+        return (await _read(ctx, same))[1]
     except (ClientGone, NotAllowed):
         return None
 
 
-async def _read(ctx: _Restore, saved: SavedRegistration) -> SavedRegistration:
-    """RFC 7592 read with the registration's own token; its answer checked, then merged into it (validated)."""
+async def _read(ctx: _Restore, saved: SavedRegistration) -> tuple[ClientInformation, SavedRegistration]:
+    """RFC 7592 read with the registration's own token: the checked answer, and ``saved`` updated by it."""
     uri, token = saved.registration_client_uri, saved.registration_access_token
     assert uri is not None and token is not None
     info = await ctx.policy.call("registration read", registration.read, ctx.transport, uri, token.get_secret_value())
     _check(info, saved)
-    return _merged(saved, info)
+    return info, _merged(saved, info)
 
 
 def _check(info: ClientInformation, asked: SavedRegistration) -> None:
@@ -209,11 +209,15 @@ def _merged(saved: SavedRegistration, info: ClientInformation) -> SavedRegistrat
     return SavedRegistration.model_validate(data)
 
 
-def _older_secret(current: SavedRegistration, saved: SavedRegistration) -> bool:
-    """The backup still holds a secret that the saved file of the same client has replaced since."""
-    if current.client_secret is None or current.client_secret == saved.client_secret:
+def _older_secret(backup: SavedRegistration, saved: SavedRegistration) -> bool:
+    """The backup holds a secret that the saved file of the same client replaced later.
+
+    Asked only when the server's read does not say which secret is current (a read that does is the truth,
+    and the restored file takes its secret).
+    """
+    if backup.client_secret is None or backup.client_secret == saved.client_secret:
         return False
-    return (saved.client_secret_issued_at or 0) > (current.client_secret_issued_at or 0)
+    return (saved.client_secret_issued_at or 0) > (backup.client_secret_issued_at or 0)
 
 
 def _keep_token(ctx: _Restore, saved: SavedRegistration, current: SavedRegistration) -> None:

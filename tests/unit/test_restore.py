@@ -74,14 +74,24 @@ async def test_force_restores_an_older_backup_with_the_working_token(server: Fak
 
 
 async def test_a_backup_with_an_older_secret_is_refused(server: FakeServer, tmp_path: Path) -> None:
-    """Same client, working token, but the saved file's secret was issued later: refused, the rotated token kept."""
+    """Same client, working token, a read that omits the secret, and the saved file's secret was issued later:
+    refused, the rotated token kept."""
     settings, copy = await _backed_up(server, tmp_path)
+    server.manage_extra = {"client_secret": None}  # RFC 7592 lets a read leave the secret out
     newer = saved(tmp_path) | {"client_secret": "a-newer-secret", "client_secret_issued_at": 2_000_000_000}
     (tmp_path / "client.json").write_text(json.dumps(newer))
     with pytest.raises(ConfigError, match="client secret of client client-1 is older"):
         await _restore(settings, copy)
     assert saved(tmp_path)["client_secret"] == "a-newer-secret"
     assert server.tokens.get(_token(tmp_path)) == "client-1"
+
+
+async def test_a_secret_the_server_reads_back_is_the_one_restored(server: FakeServer, tmp_path: Path) -> None:
+    """A read that names the current secret is the truth: the restored file holds it, whatever the backup had."""
+    settings, copy = await _backed_up(server, tmp_path)
+    copy.write_text(json.dumps(json.loads(copy.read_text()) | {"client_secret": "a-stale-secret"}))
+    await _restore(settings, copy)
+    assert saved(tmp_path)["client_secret"] == server.clients["client-1"]["client_secret"]
 
 
 async def test_a_different_client_that_the_backup_replaces_is_retired_then_deleted(
