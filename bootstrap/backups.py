@@ -75,6 +75,8 @@ async def restore(settings: Settings, file: Path, *, force: bool = False) -> Non
     deadline = Deadline(settings.dcr_wait_timeout)
     async with store.locked(path, deadline.remaining):
         store.probe_writable(path, settings.dcr_env_file)
+        if settings.dcr_env_file is not None:
+            store.env_lines(backup)  # fail before a read that may rotate the token, not after it
         saved = _saved_or_none(path)
         async with flow.transport_for(settings, deadline) as transport:
             ctx = _Restore(transport, flow.policy_for(settings, deadline), settings, file, force)
