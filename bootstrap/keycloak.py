@@ -3,7 +3,9 @@
 The protocol modules never look at Keycloak's paths or messages. The CLI asks ``hint_for`` whether
 an error has a Keycloak remedy when it writes the last line; ``initial-token`` runs the admin calls,
 and the flow asks ``delete_clients_named`` to remove what a run killed during its POST left behind
-(RFC 7591 offers no way to look a client up: only the server's own admin API can).
+(RFC 7591 offers no way to look a client up: only the server's own admin API can). Every credential
+the admin API hands out (the admin token, a minted initial access token, a regenerated secret) is
+masked the moment it is parsed and held to the rules of any server credential (``_credential``).
 """
 
 from __future__ import annotations
