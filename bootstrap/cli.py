@@ -56,9 +56,16 @@ def _parser() -> argparse.ArgumentParser:
     backup = sub.add_parser("backup", help="copy the saved registration into DIR (mode 0600, a timestamped name)")
     backup.add_argument("dir", type=Path, metavar="DIR", help="the folder to copy it into (created 0700)")
     restore = sub.add_parser(
-        "restore", help="make FILE (a backup) the saved registration, after checking it belongs to this issuer"
+        "restore",
+        help="make FILE (a backup) the saved registration, after checking it belongs to this issuer and the "
+        "server still knows it as current (RFC 7592 read); a different client it replaces is retired",
     )
     restore.add_argument("file", type=Path, metavar="FILE", help="a backup written by 'backup'")
+    restore.add_argument(
+        "--force",
+        action="store_true",
+        help="restore it even if its client is gone, its token no longer works or it is older than the saved one",
+    )
     mint = sub.add_parser(
         "initial-token",
         help="mint a Keycloak initial access token with admin credentials (KEYCLOAK_ADMIN_USERNAME/PASSWORD)",

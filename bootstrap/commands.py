@@ -11,7 +11,7 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable
 
-from . import envfile, flow, hooks, keycloak, lifecycle, log, quick, store
+from . import backups, envfile, flow, hooks, keycloak, lifecycle, log, quick, store
 from .errors import BootstrapError, ConfigError, ExitCode, StorageError
 from .models import SavedRegistration
 from .settings import Settings, ignored_env_files, load_settings
@@ -126,35 +126,11 @@ async def _delete(settings: Settings, _: argparse.Namespace) -> None:
 
 
 async def _backup(settings: Settings, args: argparse.Namespace) -> None:
-    """A copy of the saved registration in DIR: 0600, written atomically, named for when it was taken."""
-    path = settings.dcr_client_file
-    async with store.locked(path, Deadline(settings.dcr_wait_timeout).remaining):
-        saved = _saved(settings)
-        target = args.dir / f"{path.name}.{store.stamp()}.json"
-        store.probe_writable(target)
-        store.write_private(target, store.file_bytes(saved))
-    logger.info("Registration backed up", path=str(target), client_id=saved.client_id, issuer=saved.issuer)
+    await backups.backup(settings, args.dir)
 
 
 async def _restore(settings: Settings, args: argparse.Namespace) -> None:
-    """FILE becomes the saved registration, if it is one of this issuer; the file it replaces is kept aside."""
-    settings.check_server()
-    backup = store.load_backup(args.file)
-    issuer = (backup.issuer or "").rstrip("/")
-    if issuer != settings.expected_issuer.rstrip("/"):
-        raise ConfigError(
-            f"{args.file} holds a registration of {backup.issuer or 'an unnamed issuer'}, not of "
-            f"{settings.expected_issuer}; it was not restored. Restore a backup of this server, or point "
-            "DCR_ISSUER/KEYCLOAK_URL at the server it belongs to."
-        )
-    path = settings.dcr_client_file
-    async with store.locked(path, Deadline(settings.dcr_wait_timeout).remaining):
-        store.probe_writable(path, settings.dcr_env_file)
-        kept = store.backup(path) if store.read(path) is not None else None
-        store.save(path, backup, settings.dcr_env_file, settings.file_mode)
-    logger.info(
-        "Registration restored", path=str(path), client_id=backup.client_id, replaced=str(kept) if kept else None
-    )
+    await backups.restore(settings, args.file, force=args.force)
 
 
 def _admin_access(settings: Settings, command: str) -> keycloak.AdminAccess:
@@ -175,8 +151,7 @@ async def _mint(settings: Settings, access: keycloak.AdminAccess, count: int, ex
         token = await keycloak.initial_access_token(
             transport, flow.policy_for(settings, deadline), access, count=count, expiration=expiration
         )
-    log.register_secrets(token)
-    return token
+    return token  # masked and checked (VSCHAR, env-safe) by keycloak as it was parsed
 
 
 async def _initial_token(settings: Settings, args: argparse.Namespace) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 from dotenv.parser import Binding, parse_stream
 
 from . import store
-from .errors import ConfigError
+from .errors import ConfigError, StorageError
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,12 @@ class EnvFile:
 
     def edited(self, set_to: Mapping[str, str], comment_out: frozenset[str] = frozenset()) -> str:
         """The text with ``set_to`` keys set (in place, else appended) and ``comment_out`` keys commented out."""
+        unsafe = [key for key, value in set_to.items() if not store.env_safe(value)]
+        if unsafe:  # a quote, $ or line break would run code or add lines where the file is sourced
+            raise StorageError(
+                f"The value for {', '.join(unsafe)} has characters a .env line cannot carry unquoted; "
+                f"nothing was changed in {self.path}."
+            )
         done: set[str] = set()
         text = "".join(_edited(binding, set_to, comment_out, done) for binding in self.bindings)
         missing = [key for key in set_to if key not in done]

@@ -3,7 +3,9 @@
 The protocol modules never look at Keycloak's paths or messages. The CLI asks ``hint_for`` whether
 an error has a Keycloak remedy when it writes the last line; ``initial-token`` runs the admin calls,
 and the flow asks ``delete_clients_named`` to remove what a run killed during its POST left behind
-(RFC 7591 offers no way to look a client up: only the server's own admin API can).
+(RFC 7591 offers no way to look a client up: only the server's own admin API can). Every credential
+the admin API hands out (the admin token, a minted initial access token, a regenerated secret) is
+masked the moment it is parsed and held to the rules of any server credential (``_credential``).
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
-from .errors import NO_METADATA, AdminRejected, BootstrapError, OAuthError
+from . import _secrets, store
+from .errors import NO_METADATA, AdminRejected, BootstrapError, MalformedResponse, OAuthError, UnsafeValue
+from .models import is_vschar
 
 if TYPE_CHECKING:  # types only: this module must stay importable without aiohttp
     from ._http import Response, Transport
@@ -94,7 +98,7 @@ async def admin_token(transport: Transport, base_url: str, username: str, passwo
             "Keycloak refused the admin credentials",
             "Check KEYCLOAK_ADMIN_USERNAME and KEYCLOAK_ADMIN_PASSWORD (master realm).",
         )
-    return str(resp.json()["access_token"])
+    return _credential(resp.json().get("access_token"), "admin access token", f"{base_url}/realms/master")
 
 
 async def mint_initial_access_token(
@@ -114,7 +118,30 @@ async def mint_initial_access_token(
             f"Keycloak refused to mint an initial access token for realm {realm}",
             "Check that the realm exists and the admin user may manage its clients.",
         )
-    return str(resp.json()["token"])
+    token = _credential(resp.json().get("token"), "initial access token", f"{base_url}/admin/realms/{realm}")
+    if not store.env_safe(token):
+        raise UnsafeValue(
+            f"The initial access token Keycloak minted at {base_url} for realm {realm} has characters a .env "
+            "line or a shell cannot carry unquoted (quotes, $, spaces); a Keycloak token never does, so nothing "
+            "was written. Check that KEYCLOAK_URL points at Keycloak itself."
+        )
+    return token
+
+
+def _credential(value: object, what: str, where: str) -> str:
+    """A credential from Keycloak's answer: masked from this moment, then held to RFC 6749's VSCHAR."""
+    if not isinstance(value, str) or not value:
+        raise MalformedResponse(
+            f"Keycloak's answer at {where} holds no {what}; check that KEYCLOAK_URL points at Keycloak itself."
+        )
+    _secrets.register(value)  # before anything can log it, an error that echoes it included
+    if not is_vschar(value):
+        raise UnsafeValue(
+            f"The {what} Keycloak sent at {where} has characters outside RFC 6749's VSCHAR (control characters, "
+            "line breaks); Keycloak never sends them, so it was not used and nothing was written. Check that "
+            "KEYCLOAK_URL points at Keycloak itself."
+        )
+    return value
 
 
 @dataclass(frozen=True)
@@ -231,7 +258,7 @@ async def _new_secret(transport: Transport, base_url: str, realm: str, admin: st
     value = answer.get("value") if isinstance(answer, dict) else None
     if not isinstance(value, str) or not value:
         raise _rejected(resp, f"Keycloak refused to regenerate a client secret in realm {realm}", _MANAGE_HINT)
-    return value
+    return _credential(value, "regenerated client secret", f"{base_url}/admin/realms/{realm}")
 
 
 async def regenerate_secret(transport: Transport, policy: RetryPolicy, access: AdminAccess, client_id: str) -> str:

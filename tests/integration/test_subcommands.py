@@ -144,3 +144,65 @@ def test_setup_switches_a_static_dotenv_to_dcr_with_a_token_that_registers(
     result.assert_clean(token, keycloak.admin_password)
     registered = run_cli(env | {"DCR_INITIAL_ACCESS_TOKEN": token})
     assert registered.code == 0, registered.stderr
+
+
+def _backed_up(env: dict[str, str], creds_file: Path) -> tuple[str, Path]:
+    """A registered client and a backup of it (DCR_CLIENT_FILE's folder is creds/, the backups go beside)."""
+    assert run_cli(env).code == 0
+    backups = creds_file.parent.parent / "backups"
+    assert run_cli(env, "backup", str(backups)).code == 0
+    [copy] = backups.iterdir()
+    return json.loads(creds_file.read_text())["client_id"], copy
+
+
+def test_restore_of_a_current_backup_is_read_on_keycloak_and_reloads(env: dict[str, str], creds_file: Path) -> None:
+    """A real backup of the client in use is restored after Keycloak answered its RFC 7592 read."""
+    client_id, copy = _backed_up(env, creds_file)
+    result = run_cli(env, "restore", str(copy))
+    assert result.code == 0, result.stderr
+    assert result.last["event"] == "Registration restored" and result.last["client_id"] == client_id
+    assert run_cli(env).last["action"] == "reloaded"
+
+
+def test_restore_refuses_a_backup_whose_token_keycloak_rotated_and_keeps_the_working_one(
+    admin: Admin, realm: str, env: dict[str, str], creds_file: Path
+) -> None:
+    """An update rotated the registration access token: the older backup is exit 2; the saved token still works."""
+    client_id, copy = _backed_up(env, creds_file)
+    updated = env | {"DCR_SOFTWARE_VERSION": "2.0"}  # new metadata: an RFC 7592 update, which rotates the token
+    assert run_cli(updated).last["action"] == "updated"
+    result = run_cli(updated, "restore", str(copy))
+    assert result.code == 2, result.stderr
+    assert "older than the saved registration" in str(result.last["event"])
+    assert run_cli(updated).last["action"] == "reloaded"  # management kept: no new client
+    assert [c["clientId"] for c in admin.clients(realm) if c["clientId"] == client_id] == [client_id]
+
+
+def test_restore_refuses_a_backup_of_a_client_deleted_on_keycloak(
+    admin: Admin, realm: str, env: dict[str, str], creds_file: Path
+) -> None:
+    """The backup's client was deleted by an admin: exit 2 naming it and --force; the file is unchanged."""
+    client_id, copy = _backed_up(env, creds_file)
+    admin.delete_client(realm, client_id)
+    before = creds_file.read_bytes()
+    result = run_cli(env, "restore", str(copy))
+    assert result.code == 2, result.stderr
+    assert client_id in str(result.last["event"]) and "--force" in str(result.last["event"])
+    assert creds_file.read_bytes() == before
+
+
+def test_restore_of_another_client_retires_the_one_it_replaces(
+    admin: Admin, realm: str, env: dict[str, str], creds_file: Path
+) -> None:
+    """The saved file held a different client: restored, that client is retired and deleted after the grace."""
+    env["DCR_INITIAL_ACCESS_TOKEN"] = admin.mint_initial_access_token(realm, count=2)
+    first, copy = _backed_up(env, creds_file)
+    creds_file.unlink()
+    assert run_cli(env).last["action"] == "registered"
+    second = json.loads(creds_file.read_text())["client_id"]
+    result = run_cli(env | {"DCR_ROTATE_GRACE": "0"}, "restore", str(copy))
+    assert result.code == 0, result.stderr
+    assert result.last["retired"] == second
+    assert run_cli(env).last["action"] == "reloaded"
+    ids = {c["clientId"] for c in admin.clients(realm)}
+    assert first in ids and second not in ids

@@ -99,7 +99,7 @@ def test_restore_puts_a_backup_back_and_keeps_what_it_replaced(creds: Path, tmp_
     cli.run(["backup", str(tmp_path / "backups")])
     [copy] = (tmp_path / "backups").iterdir()
     store.save(creds, SavedRegistration(client_id="c-2", client_secret=SecretStr("s-2-value"), issuer=ISSUER))
-    assert cli.run(["restore", str(copy)]) == ExitCode.OK
+    assert cli.run(["restore", "--force", str(copy)]) == ExitCode.OK  # no RFC 7592 token to check it with
     assert json.loads(creds.read_text())["client_id"] == "c-1"
     [kept] = [p for p in creds.parent.iterdir() if p.name.endswith(".bak")]
     assert json.loads(kept.read_text())["client_id"] == "c-2"
