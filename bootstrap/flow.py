@@ -24,6 +24,7 @@ from pydantic import SecretStr
 
 from . import discovery, keycloak, lifecycle, log, registration, store, tokens
 from ._http import Transport
+from ._rotation import regenerated
 from .errors import (
     BootstrapError,
     ClientGone,
@@ -596,9 +597,7 @@ async def _rotate(ctx: _Run, current: SavedRegistration) -> Outcome | None:
         return None  # the caller replaces the registration instead
     secret = await keycloak.regenerate_secret(ctx.transport, ctx.policy, access, current.client_id)
     log.register_secrets(secret)
-    rotated = current.model_copy(
-        update={"client_secret": SecretStr(secret), "client_secret_issued_at": lifecycle.now()}
-    )
+    rotated = regenerated(current, secret, ctx.settings.dcr_env_file)
     if _proves_secret(ctx, rotated):
         await _prove(ctx, rotated)
     _save(ctx, rotated)
