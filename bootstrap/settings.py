@@ -249,7 +249,8 @@ class Settings(BaseSettings):
     dcr_renew_before: Duration | None = Field(
         None,
         description="When the server says the client secret expires (client_secret_expires_at), renew it this long "
-        "before (RFC 7592 read, then update, then a new registration); default: a third of its lifetime.",
+        "before (RFC 7592 read, then update, then a new registration); default: a third of its lifetime. A "
+        "window at least as long as the secret's lifetime is clamped to that third, with one warning.",
     )
     dcr_rotate_after: PositiveDuration | None = Field(
         None,
