@@ -1,4 +1,5 @@
-"""'delete' and DCR_DELETE_ON_EXIT: every client this file holds goes, the replaced (retired) ones too.
+"""'delete' and DCR_DELETE_ON_EXIT: every client this file holds goes, the replaced (retired) ones too,
+and the pending one an interrupted run left.
 
 As Vault Agent's ``revoke_on_shutdown`` revokes all its leases, deleting deletes everything we issued
 and still list. A client is called gone as the run calls it (``flow._still_works``): when RFC 7592
@@ -34,14 +35,16 @@ async def delete(settings: Settings, budget: float | None = None) -> bool:
     deadline = Deadline(settings.dcr_wait_timeout if budget is None else min(budget, settings.dcr_wait_timeout))
     path = settings.dcr_client_file
     async with store.locked(path, deadline.remaining):
-        saved = store.load(path)
+        saved, pending = store.load(path), store.load_pending(path)
         retired = store.load_retired(path)
-        if saved is None and not retired:
+        ours = [r for r in (saved, pending, *(r.registration for r in retired)) if r is not None]
+        if not ours:
             raise StorageError(f"No saved registration at {path}; nothing to delete.")
-        issuer = saved.issuer if saved is not None else retired[0].registration.issuer
-        async with flow.transport_for(settings, deadline, issuer) as transport:
+        async with flow.transport_for(settings, deadline, ours[0].issuer) as transport:
             policy = flow.policy_for(settings, deadline)
             failed = await _delete_retired(settings, transport, policy)
+            if pending is not None:
+                failed += await _delete_pending(settings, transport, policy, pending)
             current = _Result()
             if saved is not None:
                 current = await _delete_saved(settings, transport, policy, saved, failed)
@@ -88,6 +91,21 @@ async def _delete_retired(settings: Settings, transport: Transport, policy: Retr
         failed.append((old.client_id, result.kept))
     store.save_retired(path, kept)
     return failed
+
+
+async def _delete_pending(
+    settings: Settings, transport: Transport, policy: RetryPolicy, pending: SavedRegistration
+) -> list[tuple[str, str]]:
+    """A registration an interrupted run left (the next run would adopt it): it goes too, or is named."""
+    try:
+        result = await _delete_one(settings, transport, policy, pending)
+    except BootstrapError as exc:
+        result = _Result(kept=exc.line())
+    if result.kept is not None:
+        return [(pending.client_id, result.kept)]
+    store.clear_pending(settings.dcr_client_file)
+    logger.info("Deleted a registration an interrupted run left", client_id=pending.client_id)
+    return []
 
 
 async def _delete_one(settings: Settings, transport: Transport, policy: RetryPolicy, reg: SavedRegistration) -> _Result:

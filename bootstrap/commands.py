@@ -120,7 +120,7 @@ async def _delete_on_exit(settings: Settings) -> None:
         logger.info("No saved registration to delete on exit", path=str(settings.dcr_client_file))
     except BootstrapError as exc:
         logger.error(
-            f"Could not delete the client on exit: {exc}",
+            f"Could not delete the client on exit: {exc.line()}",
             exit_code=int(exc.exit_code),
             error_type=type(exc).__name__,
         )

@@ -88,3 +88,16 @@ async def test_delete_on_exit_also_deletes_the_replaced_registrations(
     await _replaced(server, tmp_path, clock)
     await commands._delete_on_exit(settings_for(server, tmp_path, dcr_delete_on_exit=True))
     assert server.clients == {}
+
+
+async def test_delete_also_deletes_the_registration_an_interrupted_run_left_pending(
+    server: FakeServer, tmp_path: Path
+) -> None:
+    """A pending registration (the next run would adopt it) is deleted too, and its record removed."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    await flow.run(settings_for(server, tmp_path / "a"))
+    left = (await flow.run(settings_for(server, tmp_path / "b"))).registration
+    store.save_pending(tmp_path / "a" / "client.json", left)
+    await flow.delete(settings_for(server, tmp_path / "a"))
+    assert server.clients == {} and store.load_pending(tmp_path / "a" / "client.json") is None
