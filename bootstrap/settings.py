@@ -272,8 +272,9 @@ class Settings(BaseSettings):
     )
     dcr_delete_on_exit: bool = Field(
         False,
-        description="'watch' only: on SIGTERM/SIGINT delete the client (RFC 7592) and the file, so a per-Pod "
-        "client never outlives its Pod.",
+        description="'watch' only: on SIGTERM/SIGINT delete the client (RFC 7592), the clients it replaced and "
+        "the file, so a per-Pod client never outlives its Pod; one that still works but cannot be deleted is "
+        "named and kept.",
     )
 
     # --- Kubernetes shared store ---
