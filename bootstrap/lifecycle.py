@@ -34,7 +34,10 @@ def renew_at(settings: Settings, saved: SavedRegistration) -> int | None:
     expires = saved.client_secret_expires_at
     if not expires or saved.client_secret is None:
         return None
-    life = max(0, expires - (saved.client_secret_issued_at or now()))
+    issued = saved.client_secret_issued_at
+    life = max(0, expires - (issued or now()))
+    if settings.dcr_renew_before is not None and not issued:
+        return int(expires - settings.dcr_renew_before)  # the life is unknown: nothing to measure the window by
     return int(expires - _window(settings.dcr_renew_before, life))
 
 

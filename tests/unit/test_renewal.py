@@ -107,3 +107,12 @@ async def test_a_renewal_the_server_refuses_is_retried_with_an_exponential_backo
     clock.at += 7200
     waits = await _watch_rounds(settings, clock, 8)
     assert waits == [2.0, 4.0, 8.0, 16.0, 32.0, 60.0, 60.0, 60.0]
+
+
+def test_a_window_is_not_clamped_when_the_secrets_issue_time_is_unknown(
+    server: FakeServer, tmp_path: Path, clock: Clock
+) -> None:
+    """A file without client_secret_issued_at: DCR_RENEW_BEFORE applies as set (the remaining time is no life)."""
+    settings = settings_for(server, tmp_path, dcr_renew_before="1h")
+    legacy = _expiring(600).model_copy(update={"client_secret_issued_at": None})
+    assert lifecycle.due(settings, legacy)
