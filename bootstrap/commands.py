@@ -12,7 +12,7 @@ import sys
 from collections.abc import Awaitable, Callable
 
 from . import backups, envfile, flow, hooks, keycloak, lifecycle, log, quick, store
-from .errors import BootstrapError, ConfigError, ExitCode, StorageError
+from .errors import BootstrapError, ConfigError, ExitCode, NotRotated, StorageError
 from .models import SavedRegistration
 from .settings import Settings, ignored_env_files, load_settings
 from .wait import Deadline
@@ -37,23 +37,53 @@ async def _run(settings: Settings, _: argparse.Namespace) -> flow.Outcome:
 
 
 async def _rotate(settings: Settings, args: argparse.Namespace) -> None:
-    """New credentials now, as DCR_ROTATE_AFTER would give them once the secret is old enough."""
-    await _run(settings.model_copy(update={"dcr_rotate_after": ROTATE_NOW}), args)
+    """New credentials now, as DCR_ROTATE_AFTER would give them once the secret is old enough.
+
+    Exit 0 only when the file holds a new secret; anything else says that it was not rotated, and why.
+    """
+    try:
+        outcome = await _run(settings.model_copy(update={"dcr_rotate_after": ROTATE_NOW}), args)
+    except BootstrapError as exc:
+        exc.add_note("The client secret was not rotated.")
+        raise
+    if outcome.action not in ROTATED:
+        raise NotRotated(
+            f"The secret of client {outcome.registration.client_id} was NOT rotated: "
+            f"{outcome.why or _NOT_ROTATED.get(outcome.action, f'the run only {outcome.action} it')}; the saved "
+            f"credentials are kept and still work. {_FIX.get(outcome.action, _FIX['reloaded'])}"
+        )
 
 
 # A rotation age that every secret has reached: 'rotate' is a run with its rotation due.
 ROTATE_NOW = 1e-9
+# The outcomes that leave a new secret in the file ('registered': the saved client was gone or absent).
+ROTATED = frozenset({"rotated", "renewed", "replaced", "registered"})
+_NOT_ROTATED = {"static": "static credentials (USE_DCR=false) are the operator's, not ours to rotate"}
+_FIX = {
+    "static": "Regenerate the secret in Keycloak and update KEYCLOAK_CLIENT_SECRET.",
+    "reloaded": "Set KEYCLOAK_ADMIN_USERNAME and KEYCLOAK_ADMIN_PASSWORD to regenerate it through Keycloak's "
+    "admin API, or run 'dcr-bootstrap delete', delete the client on the server, and run again to register anew.",
+}
 
 
-async def _watch(settings: Settings, args: argparse.Namespace) -> None:
-    """Keep the credentials fresh (rotated tokens, renewed or rotated secrets), telling the app of a change."""
+async def _watch(
+    settings: Settings, args: argparse.Namespace, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+) -> None:
+    """Keep the credentials fresh (rotated tokens, renewed or rotated secrets), telling the app of a change.
+
+    Paced so that it cannot storm: a renewal the server refuses is retried with an exponential backoff,
+    and a round that registered a new client is followed by a full interval (one new client at most).
+    """
     try:
         seen = _app_credentials(_saved_or_none(settings))
+        behind = 0  # rounds in a row that left the renewal due
         while True:
             wait = settings.dcr_watch_interval
             try:
                 outcome = await _run(settings, args)
-                wait = lifecycle.next_check(settings, outcome.registration, wait)
+                behind = behind + 1 if lifecycle.due(settings, outcome.registration) else 0
+                if outcome.action not in ("registered", "replaced"):
+                    wait = lifecycle.next_check(settings, outcome.registration, wait, behind)
                 now = _app_credentials(outcome.registration)
                 if seen is not None and now != seen and settings.dcr_on_change:
                     await hooks.on_change(settings.dcr_on_change, settings.dcr_on_change_timeout)
@@ -61,7 +91,7 @@ async def _watch(settings: Settings, args: argparse.Namespace) -> None:
             except BootstrapError as exc:
                 # A sidecar that exits is restarted anyway; keep the last good file and try again later.
                 logger.error(exc.line(), exit_code=int(exc.exit_code), error_type=type(exc).__name__)
-            await asyncio.sleep(wait)
+            await sleep(wait)
     except asyncio.CancelledError:
         logger.info("Stopping watch")
         if settings.dcr_delete_on_exit:
@@ -90,7 +120,7 @@ async def _delete_on_exit(settings: Settings) -> None:
         logger.info("No saved registration to delete on exit", path=str(settings.dcr_client_file))
     except BootstrapError as exc:
         logger.error(
-            f"Could not delete the client on exit: {exc}",
+            f"Could not delete the client on exit: {exc.line()}",
             exit_code=int(exc.exit_code),
             error_type=type(exc).__name__,
         )

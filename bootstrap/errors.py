@@ -26,6 +26,8 @@ values: only names of settings, HTTP status codes and the server's own ``error``
     │   │   └── NotAllowed                      RFC 7592 403: the server forbids managing it
     │   ├── CredentialsRejected ............ CREDENTIALS_REJECTED   the token endpoint refused them
     │   └── AdminRejected .................. ADMIN_REJECTED    Keycloak's admin API refused
+    ├── NotRotated ......................... NOT_ROTATED       'rotate' left the secret as it was
+    ├── NotDeleted ......................... NOT_DELETED       'delete' left a working client it could not delete
     └── StorageError ....................... STORAGE           a file or the Secret: read, lock, write
         ├── StoreConflict                       the Secret changed since it was read (409): re-read
         ├── AmbiguousWrite                      a Secret write was sent, its answer lost: re-read
@@ -89,6 +91,20 @@ class ExitCode(IntEnum):
         ),
     )
     ADMIN_REJECTED = 8, "Keycloak's admin API refused the admin credentials or the request (initial-token)"
+    NOT_ROTATED = (
+        9,
+        (
+            "rotate: the secret was NOT rotated (e.g. RFC 7592 management lost and no admin credentials, static "
+            "credentials); the saved credentials are kept and still work"
+        ),
+    )
+    NOT_DELETED = (
+        10,
+        (
+            "delete (or DCR_DELETE_ON_EXIT): a client still works but could not be deleted; it is named in the last "
+            "line and stays in the file (or its list of replaced registrations)"
+        ),
+    )
     INTERRUPTED = 130, "interrupted by a signal; nothing half-written was left behind"
 
 
@@ -115,6 +131,18 @@ class BootstrapError(Exception):
 
 class ConfigError(BootstrapError):
     exit_code = ExitCode.CONFIG
+
+
+class NotRotated(BootstrapError):
+    """'rotate' ran and the secret is the one it was: say so, and why, instead of exiting 0."""
+
+    exit_code = ExitCode.NOT_ROTATED
+
+
+class NotDeleted(BootstrapError):
+    """'delete' left a client that still works (its credentials are accepted): it stays saved, and named."""
+
+    exit_code = ExitCode.NOT_DELETED
 
 
 class StorageError(BootstrapError):

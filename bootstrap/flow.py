@@ -24,6 +24,7 @@ from pydantic import SecretStr
 
 from . import discovery, keycloak, lifecycle, log, registration, store, tokens
 from ._http import Transport
+from ._rotation import regenerated
 from .errors import (
     BootstrapError,
     ClientGone,
@@ -72,6 +73,8 @@ class Created(Protocol):
 class Outcome:
     action: Action
     registration: SavedRegistration
+    # Why the credentials were kept as they were, when something asked for new ones ('rotate' says it).
+    why: str | None = None
 
 
 def wanted_metadata(settings: Settings) -> ClientMetadata:
@@ -596,9 +599,7 @@ async def _rotate(ctx: _Run, current: SavedRegistration) -> Outcome | None:
         return None  # the caller replaces the registration instead
     secret = await keycloak.regenerate_secret(ctx.transport, ctx.policy, access, current.client_id)
     log.register_secrets(secret)
-    rotated = current.model_copy(
-        update={"client_secret": SecretStr(secret), "client_secret_issued_at": lifecycle.now()}
-    )
+    rotated = regenerated(current, secret, ctx.settings.dcr_env_file)
     if _proves_secret(ctx, rotated):
         await _prove(ctx, rotated)
     _save(ctx, rotated)
@@ -643,18 +644,7 @@ async def _keep_if_working(ctx: _Run, saved: SavedRegistration, lost: ClientGone
     answer we never got: registering again would leave it behind, working, forever.
     """
     if await _still_works(ctx, saved):
-        _save(ctx, saved)
-        if lost is not None:
-            logger.warning(
-                "RFC 7592 management of the saved client is lost, but its credentials still work; keeping it",
-                client_id=saved.client_id,
-                status=lost.status,
-                remedy="have the server's administrator issue a new registration access token and put it in "
-                "the credentials file, or run 'dcr-bootstrap delete' and delete the client on the server to "
-                "register a new one",
-            )
-        logger.info("Loaded registration for client", client_id=saved.client_id)
-        return Outcome("reloaded", saved)
+        return await _kept_working(ctx, saved, lost)
     if ctx.settings.dcr_on_missing_client == "fail":
         raise ClientGone(
             status=lost.status if lost else 401,
@@ -666,6 +656,27 @@ async def _keep_if_working(ctx: _Run, saved: SavedRegistration, lost: ClientGone
         )
     logger.warning("Saved client no longer exists; registering again", client_id=saved.client_id)
     return None
+
+
+async def _kept_working(ctx: _Run, saved: SavedRegistration, lost: ClientGone | None) -> Outcome:
+    """A client whose credentials work, without RFC 7592 management: rotated through the admin API when due."""
+    _save(ctx, saved)
+    if lifecycle.rotation_due(ctx.settings, saved) and (rotated := await _rotate(ctx, saved)):
+        return rotated
+    if lost is not None:
+        logger.warning(
+            "RFC 7592 management of the saved client is lost, but its credentials still work; keeping it",
+            client_id=saved.client_id,
+            status=lost.status,
+            remedy="have the server's administrator issue a new registration access token and put it in "
+            "the credentials file, or run 'dcr-bootstrap delete' and delete the client on the server to "
+            "register a new one",
+        )
+    logger.info("Loaded registration for client", client_id=saved.client_id)
+    how = (
+        f"its RFC 7592 management is lost (HTTP {lost.status})" if lost else "the server offers no RFC 7592 management"
+    )
+    return Outcome("reloaded", saved, f"{how} and no Keycloak admin credentials are set to regenerate its secret")
 
 
 async def _still_works(ctx: _Run, saved: SavedRegistration) -> bool:
@@ -723,23 +734,7 @@ async def _static(ctx: _Run, saved: SavedRegistration | None) -> Outcome:
 
 
 async def delete(settings: Settings, budget: float | None = None) -> bool:
-    """RFC 7592 DELETE, then remove the file(s). True if the server had the client."""
-    deadline = Deadline(settings.dcr_wait_timeout if budget is None else min(budget, settings.dcr_wait_timeout))
-    async with store.locked(settings.dcr_client_file, deadline.remaining):
-        saved = store.load(settings.dcr_client_file)
-        if saved is None:
-            raise StorageError(f"No saved registration at {settings.dcr_client_file}; nothing to delete.")
-        existed = False
-        uri, token = saved.registration_client_uri, saved.registration_access_token
-        if uri is not None and token is not None:
-            async with transport_for(settings, deadline, saved.issuer) as transport:
-                try:
-                    await policy_for(settings, deadline).call(
-                        "registration delete", registration.delete, transport, uri, token.get_secret_value()
-                    )
-                    existed = True
-                except ClientGone:
-                    logger.warning("Client was already gone on the server", client_id=saved.client_id)
-        store.remove(settings.dcr_client_file, settings.dcr_env_file)
-        logger.info("Deleted registration", client_id=saved.client_id, on_server=existed)
-        return existed
+    """'delete': the saved client and its retired ones (``_delete``); True if the server had the saved one."""
+    from . import _delete  # it builds on this module
+
+    return await _delete.delete(settings, budget)

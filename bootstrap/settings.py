@@ -249,7 +249,8 @@ class Settings(BaseSettings):
     dcr_renew_before: Duration | None = Field(
         None,
         description="When the server says the client secret expires (client_secret_expires_at), renew it this long "
-        "before (RFC 7592 read, then update, then a new registration); default: a third of its lifetime.",
+        "before (RFC 7592 read, then update, then a new registration); default: a third of its lifetime. A "
+        "window at least as long as the secret's lifetime is clamped to that third, with one warning.",
     )
     dcr_rotate_after: PositiveDuration | None = Field(
         None,
@@ -271,8 +272,9 @@ class Settings(BaseSettings):
     )
     dcr_delete_on_exit: bool = Field(
         False,
-        description="'watch' only: on SIGTERM/SIGINT delete the client (RFC 7592) and the file, so a per-Pod "
-        "client never outlives its Pod.",
+        description="'watch' only: on SIGTERM/SIGINT delete the client (RFC 7592), the clients it replaced and "
+        "the file, so a per-Pod client never outlives its Pod; one that still works but cannot be deleted is "
+        "named and kept.",
     )
 
     # --- Kubernetes shared store ---

@@ -1,4 +1,7 @@
-"""A loopback stand-in for Keycloak's admin API (admin login, initial access tokens, client secrets) that can lie.
+"""Loopback stand-ins for Keycloak's admin API (admin login, initial access tokens, client secrets) that can lie.
+
+``FakeAdmin`` is the admin API alone; ``AdminFake`` adds the three calls of a secret regeneration to the fake
+RFC 7591/7592 server (``tests.fakeserver.FakeServer``).
 
 Like ``fakeserver``, it records instead of asserting; what it answers is scripted: ``admin_token`` and
 ``minted`` are the values it hands out (control characters and shell code included, for a lying
@@ -8,6 +11,7 @@ server), ``mint_error`` turns the mint into an error whose body the test writes.
 from __future__ import annotations
 
 import asyncio
+import secrets
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,7 +21,7 @@ from typing import Any
 from aiohttp import web
 
 from bootstrap.keycloak import AdminAccess
-from tests.fakeserver import serve_app
+from tests.fakeserver import FakeServer, serve_app
 
 REALM = "demo"
 PASSWORD = "admin-password-value"
@@ -100,3 +104,44 @@ def admin_in_thread(fake: FakeAdmin) -> Iterator[FakeAdmin]:
         loop.call_soon_threadsafe(stop.set)
         thread.join(10)
         loop.close()
+
+
+@dataclass
+class AdminFake(FakeServer):
+    """The fake RFC 7591/7592 server plus admin login, client lookup and secret regeneration.
+
+    ``any_client``: every clientId is found (the clients live on another server, a real Keycloak).
+    """
+
+    regenerated: str | None = None  # the secret the admin API answers with; None: a fresh, well-formed one
+    admin_refuses: bool = False
+    any_client: bool = False
+
+    def app(self) -> web.Application:
+        app = super().app()
+        app.add_routes(
+            [
+                web.post("/realms/master/protocol/openid-connect/token", self.admin_login),
+                web.get(f"/admin/realms/{REALM}/clients", self.admin_clients),
+                web.post(f"/admin/realms/{REALM}/clients/{{uuid}}/client-secret", self.admin_regenerate),
+            ]
+        )
+        return app
+
+    async def admin_login(self, _: web.Request) -> web.Response:
+        if self.admin_refuses:
+            return web.json_response({"error": "invalid_grant"}, status=401)
+        return web.json_response({"access_token": "admin-token", "token_type": "Bearer"})
+
+    async def admin_clients(self, request: web.Request) -> web.Response:
+        wanted = request.query.get("clientId", "")
+        known = self.any_client or wanted in self.clients
+        found: list[dict[str, Any]] = [{"id": f"uuid-{wanted}", "clientId": wanted, "name": ""}] if known else []
+        return web.json_response(found)
+
+    async def admin_regenerate(self, request: web.Request) -> web.Response:
+        cid = request.match_info["uuid"].removeprefix("uuid-")
+        value = self.regenerated if self.regenerated is not None else secrets.token_urlsafe(16)
+        if cid in self.clients:
+            self.clients[cid]["client_secret"] = value
+        return web.json_response({"type": "secret", "value": value})

@@ -31,6 +31,8 @@ def test_a_secret_due_is_renewed_by_keycloaks_rotation_policy_and_the_old_one_ke
     assert first.code == 0, first.last
     old = json.loads(creds_file.read_text())
     assert old["client_secret_expires_at"] > 0  # the policy makes Keycloak say when the secret expires
+    # Ten minutes of its life passed (the file says when we first saw it): with 10m left it is due now.
+    creds_file.write_text(json.dumps(old | {"client_secret_issued_at": old["client_secret_issued_at"] - 600}))
     renewed = run_cli(env | {"DCR_RENEW_BEFORE": "10m"})
     assert renewed.code == 0, renewed.last
     new = json.loads(creds_file.read_text())

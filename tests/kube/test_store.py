@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from bootstrap.commands import ROTATE_NOW
 from bootstrap.errors import StorageError
 from bootstrap.k8s import (
     DATA_KEY,
@@ -282,6 +283,6 @@ async def test_a_renewed_secret_rolls_out_the_named_deployment_and_a_first_regis
         settings = settings_for(server, tmp_path, dcr_client_name="mcp-server", **values)
         await run_shared(settings)
         assert annotation() is None  # the Pods starting now read the first registration anyway
-        renewed = await run_shared(settings_for(server, tmp_path, dcr_renew_before="2h", **values))
+        renewed = await run_shared(settings_for(server, tmp_path, dcr_rotate_after=ROTATE_NOW, **values))
         assert renewed.action == "renewed"
         assert annotation() == credentials_digest(renewed.registration)

@@ -25,6 +25,7 @@ import pytest
 from aiohttp import web
 
 from bootstrap import flow, k8s, lifecycle, log, store
+from bootstrap.commands import ROTATE_NOW
 from bootstrap.errors import ConfigError, LockTimeout, StorageError
 from bootstrap.k8s import DATA_KEY, KubeApi, KubeStore
 from bootstrap.settings import Settings
@@ -735,7 +736,9 @@ async def test_a_replaced_client_is_kept_in_the_secret_and_retired_by_another_po
         (tmp_path / pod).mkdir()
     first = await k8s.run_shared(shared_settings(server, kube, tmp_path / "pod-a", monkeypatch))
     replaced = await k8s.run_shared(
-        shared_settings(server, kube, tmp_path / "pod-b", monkeypatch, dcr_renew_before="2h", dcr_rotate_grace="10m")
+        shared_settings(
+            server, kube, tmp_path / "pod-b", monkeypatch, dcr_rotate_after=ROTATE_NOW, dcr_rotate_grace="10m"
+        )
     )
     assert replaced.action == "replaced"
     shared = kube.shared()

@@ -15,6 +15,7 @@ import pytest
 from pydantic import SecretStr
 
 from bootstrap import cli, commands, envfile, flow, hooks, lifecycle, store
+from bootstrap.commands import ROTATE_NOW
 from bootstrap.errors import ConfigError, ExitCode
 from bootstrap.models import SavedRegistration
 from bootstrap.settings import load_settings
@@ -306,7 +307,7 @@ async def test_a_fault_at_any_await_of_a_replacement_leaves_working_credentials_
         async with serving(FakeServer(secret_lifetime=3600, slow={"POST /connect/token": 0.001})) as server:
             home = tmp_path / f"{n}"
             home.mkdir()
-            settings = settings_for(server, home, dcr_renew_before="2h", dcr_rotate_grace=0)
+            settings = settings_for(server, home, dcr_rotate_after=ROTATE_NOW, dcr_rotate_grace=0)
             await flow.run(settings)
             fault = FaultAt(n, error=error, kill=kill)
             with contextlib.suppress(Exception, asyncio.CancelledError):
@@ -342,22 +343,23 @@ async def test_on_change_runs_no_shell_unless_asked(tmp_path: Path) -> None:
 
 
 async def test_watch_runs_on_change_when_the_secret_changes_and_not_for_a_token_rotation(
-    server: FakeServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    server: FakeServer, tmp_path: Path, clock: Clock
 ) -> None:
     """In 'watch', DCR_ON_CHANGE runs after a renewed secret, never after a round that changed only the token."""
-    monkeypatch.setattr(lifecycle, "MIN_RECHECK", 0.0)
     server.secret_lifetime, server.rotate_on_update = 3600, True
     marker = tmp_path / "changes"
     hook = f'{sys.executable} -c \'open("{marker}", "a").write("x")\''
-    quiet = settings_for(server, tmp_path, dcr_watch_interval=0.001)
+    quiet = settings_for(server, tmp_path, dcr_watch_interval=60)
     await flow.run(quiet)  # the file the app started with
     await flow.run(quiet)  # rounds that only rotate the registration access token
-    renewing = settings_for(server, tmp_path, dcr_watch_interval=0.001, dcr_renew_before="2h", dcr_on_change=hook)
-    watch = asyncio.ensure_future(commands._watch(renewing, argparse.Namespace()))
-    while not marker.exists() or len(marker.read_text()) < 2:  # noqa: ASYNC110 - loop turns, not time
-        await asyncio.sleep(0.01)
-    watch.cancel()
-    await watch
+    renewing = settings_for(server, tmp_path, dcr_watch_interval=3000, dcr_on_change=hook)
+
+    async def sleep(wait: float) -> None:  # each round sleeps until the secret is due again: the clock moves
+        clock.at += wait
+        if marker.exists() and len(marker.read_text()) >= 2:
+            raise asyncio.CancelledError
+
+    await commands._watch(renewing, argparse.Namespace(), sleep)
     assert server.count("PUT", "/connect/register/client-1") >= 2
 
 
