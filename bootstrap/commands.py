@@ -26,7 +26,7 @@ async def _run(settings: Settings, _: argparse.Namespace) -> flow.Outcome:
 
         outcome = await k8s.run_shared(settings)
     else:
-        outcome = await flow.run(settings)
+        outcome = await flow.run(settings, admin=keycloak.admin_for(settings))
     logger.info(
         "Credentials written",
         path=str(settings.dcr_client_file),
@@ -115,7 +115,7 @@ def _saved_or_none(settings: Settings) -> SavedRegistration | None:
 async def _delete_on_exit(settings: Settings) -> None:
     """A per-Pod client dies with its Pod; a failure here is logged, the Pod stops anyway."""
     try:
-        await flow.delete(settings, budget=flow.EXIT_DELETE_TIMEOUT)
+        await flow.delete(settings, flow.EXIT_DELETE_TIMEOUT, keycloak.admin_for(settings))
     except StorageError:
         logger.info("No saved registration to delete on exit", path=str(settings.dcr_client_file))
     except BootstrapError as exc:
@@ -152,7 +152,7 @@ async def _show(settings: Settings, _: argparse.Namespace) -> None:
 
 
 async def _delete(settings: Settings, _: argparse.Namespace) -> None:
-    await flow.delete(settings)
+    await flow.delete(settings, admin=keycloak.admin_for(settings))
 
 
 async def _backup(settings: Settings, args: argparse.Namespace) -> None:
@@ -166,7 +166,7 @@ async def _restore(settings: Settings, args: argparse.Namespace) -> None:
 def _admin_access(settings: Settings, command: str) -> keycloak.AdminAccess:
     if not (settings.keycloak_url and settings.keycloak_realm):
         raise ConfigError(f"{command} needs KEYCLOAK_URL and KEYCLOAK_REALM; set both.")
-    access = settings.keycloak_admin()
+    access = keycloak.access_from(settings)
     if access is None:
         raise ConfigError(
             f"{command} needs KEYCLOAK_ADMIN_USERNAME and KEYCLOAK_ADMIN_PASSWORD "

@@ -2,8 +2,9 @@
 
 The protocol modules never look at Keycloak's paths or messages. The CLI asks ``hint_for`` whether
 an error has a Keycloak remedy when it writes the last line; ``initial-token`` runs the admin calls,
-and the flow asks ``delete_clients_named`` to remove what a run killed during its POST left behind
-(RFC 7591 offers no way to look a client up: only the server's own admin API can). Every credential
+and the command layer hands the flow ``admin_for(settings)``: ``admin.Admin`` for Keycloak, with which
+it removes what a run killed during its POST left behind (RFC 7591 offers no way to look a client up:
+only the server's own admin API can) and regenerates secrets. Every credential
 the admin API hands out (the admin token, a minted initial access token, a regenerated secret) is
 masked the moment it is parsed and held to the rules of any server credential (``_credential``).
 """
@@ -11,6 +12,7 @@ masked the moment it is parsed and held to the rules of any server credential (`
 from __future__ import annotations
 
 import json
+from collections.abc import Set
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 from urllib.parse import quote
@@ -21,6 +23,8 @@ from .models import is_vschar
 
 if TYPE_CHECKING:  # types only: this module must stay importable without aiohttp
     from ._http import Response, Transport
+    from .admin import AdminFor
+    from .settings import Settings
     from .wait import RetryPolicy
 
 # (substring of Keycloak's error_description, what to do)
@@ -66,11 +70,6 @@ def hint_for(exc: BootstrapError, keycloak_url: str | None) -> str | None:
     if exc.reason == NO_METADATA and keycloak_url:
         return "Keycloak answers, but the realm does not exist (yet): create or import it, or check KEYCLOAK_REALM."
     return None
-
-
-def issuer(base_url: str, realm: str) -> str:
-    """Keycloak's issuer layout: one realm is one authorization server."""
-    return f"{base_url.rstrip('/')}/realms/{realm}"
 
 
 def _rejected(resp: Response, what: str, hint: str) -> AdminRejected:
@@ -202,25 +201,6 @@ async def _delete_client(transport: Transport, base_url: str, realm: str, admin:
 _MANAGE_HINT = "Give the admin user the realm-management role manage-clients, or delete the client by hand."
 
 
-async def delete_clients_named(
-    transport: Transport, policy: RetryPolicy, access: AdminAccess, *, names: set[str], keep: set[str]
-) -> list[str]:
-    """Delete the clients named one of ``names`` (except the client ids in ``keep``); their client ids."""
-    base_url, realm = access.base_url, access.realm
-    admin = await policy.call("admin login", admin_token, transport, base_url, access.username, access.password)
-    found: list[tuple[str, str]] = []
-    first = 0
-    while True:
-        page = await policy.call("client list", _clients_page, transport, base_url, realm, admin, first)
-        found += [(cid, uuid) for name, cid, uuid in _listed(page) if name in names and cid not in keep]
-        if len(page) < _PAGE:
-            break
-        first += _PAGE
-    for _, uuid in found:
-        await policy.call("client delete", _delete_client, transport, base_url, realm, admin, quote(uuid, safe=""))
-    return [client_id for client_id, _ in found]
-
-
 def _listed(page: list[object]) -> list[tuple[str, str, str]]:
     """(name, clientId, id) of each well-formed client representation on a page of the admin API."""
     out = []
@@ -261,13 +241,70 @@ async def _new_secret(transport: Transport, base_url: str, realm: str, admin: st
     return _credential(value, "regenerated client secret", f"{base_url}/admin/realms/{realm}")
 
 
-async def regenerate_secret(transport: Transport, policy: RetryPolicy, access: AdminAccess, client_id: str) -> str:
-    """Keycloak's own rotation: a new secret for ``client_id`` (its rotation policy keeps the old one valid)."""
-    base_url, realm = access.base_url, access.realm
-    admin = await policy.call("admin login", admin_token, transport, base_url, access.username, access.password)
-    uuid = await policy.call("client lookup", _client_uuid, transport, base_url, realm, admin, client_id)
-    # Not repeated: a lost answer may have rotated the secret already (the next run notices the old one fail).
-    return await _new_secret(transport, base_url, realm, admin, uuid)
+class KeycloakAdmin:
+    """``admin.Admin`` for Keycloak: the master-realm admin's password grant, then the realm's admin REST API."""
+
+    def __init__(self, transport: Transport, policy: RetryPolicy, access: AdminAccess) -> None:
+        self._transport, self._policy, self._access = transport, policy, access
+        self._token: str | None = None
+
+    async def _admin(self) -> str:
+        if self._token is None:
+            a = self._access
+            self._token = await self._policy.call(
+                "admin login", admin_token, self._transport, a.base_url, a.username, a.password
+            )
+        return self._token
+
+    async def find_clients_named(self, names: Set[str]) -> list[str]:
+        admin, (base_url, realm) = await self._admin(), (self._access.base_url, self._access.realm)
+        found: list[str] = []
+        first = 0
+        while True:
+            page = await self._policy.call("client list", _clients_page, self._transport, base_url, realm, admin, first)
+            found += [cid for name, cid, _ in _listed(page) if name in names]
+            if len(page) < _PAGE:
+                return found
+            first += _PAGE
+
+    async def delete_client(self, client_id: str) -> bool:
+        admin, (base_url, realm) = await self._admin(), (self._access.base_url, self._access.realm)
+        try:
+            uuid = await self._policy.call(
+                "client lookup", _client_uuid, self._transport, base_url, realm, admin, client_id
+            )
+        except AdminRejected as exc:
+            if exc.status == 404:
+                return False
+            raise
+        await self._policy.call("client delete", _delete_client, self._transport, base_url, realm, admin, uuid)
+        return True
+
+    async def regenerate_secret(self, client_id: str) -> str:
+        """Keycloak's own rotation: a new secret for ``client_id`` (its rotation policy keeps the old one valid)."""
+        admin, (base_url, realm) = await self._admin(), (self._access.base_url, self._access.realm)
+        uuid = await self._policy.call(
+            "client lookup", _client_uuid, self._transport, base_url, realm, admin, client_id
+        )
+        # Not repeated: a lost answer may have rotated the secret already (the next run notices the old one fail).
+        return await _new_secret(self._transport, base_url, realm, admin, uuid)
+
+
+def access_from(settings: Settings) -> AdminAccess | None:
+    """Admin access when KEYCLOAK_URL, the realm and the admin's user and password are all set."""
+    password = settings.keycloak_admin_password
+    url, realm, user = settings.keycloak_url, settings.keycloak_realm, settings.keycloak_admin_username
+    if not (url and realm and user and password):
+        return None
+    return AdminAccess(url, realm, user, password.get_secret_value())
+
+
+def admin_for(settings: Settings) -> AdminFor | None:
+    """The capability the command layer hands the flow, when the settings hold Keycloak admin credentials."""
+    access = access_from(settings)
+    if access is None:
+        return None
+    return lambda transport, policy: KeycloakAdmin(transport, policy, access)
 
 
 def _parsed(body: bytes) -> object:

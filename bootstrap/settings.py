@@ -35,7 +35,7 @@ from pydantic_settings import (
 )
 from pydantic_settings.sources.utils import parse_env_vars
 
-from . import keycloak, log
+from . import log
 from ._files import Untrusted, read_own
 from .errors import ConfigError
 from .models import is_vschar
@@ -447,7 +447,8 @@ class Settings(BaseSettings):
         if self.dcr_issuer:
             return self.dcr_issuer
         assert self.keycloak_url and self.keycloak_realm  # guaranteed by check()
-        return keycloak.issuer(self.keycloak_url, self.keycloak_realm)
+        # The seed's KEYCLOAK_URL and KEYCLOAK_REALM name a Keycloak realm: one realm, one issuer, at /realms/.
+        return f"{self.keycloak_url.rstrip('/')}/realms/{self.keycloak_realm}"
 
     @property
     def public_base(self) -> str | None:
@@ -466,15 +467,6 @@ class Settings(BaseSettings):
     @property
     def client_name(self) -> str:
         return self.dcr_client_name.replace("{hostname}", hostname())
-
-    def keycloak_admin(self) -> keycloak.AdminAccess | None:
-        """Access to Keycloak's admin API when KEYCLOAK_URL, the realm and the admin's user and password are set."""
-        password = self.keycloak_admin_password
-        if not (self.keycloak_url and self.keycloak_realm and self.keycloak_admin_username and password):
-            return None
-        return keycloak.AdminAccess(
-            self.keycloak_url, self.keycloak_realm, self.keycloak_admin_username, password.get_secret_value()
-        )
 
     def check_server(self) -> Settings:
         """Enough to reach the server: an issuer, or KEYCLOAK_URL with KEYCLOAK_REALM."""

@@ -124,7 +124,7 @@ async def test_admin_api_values_are_masked_as_they_are_parsed() -> None:
     async with serve_app(fake.app()) as fake.base, _transport(fake) as transport:
         policy = RetryPolicy(Deadline(5), 0.01, 0.05)
         got = await keycloak.initial_access_token(transport, policy, fake.access, count=1, expiration=60)
-        regenerated = await keycloak.regenerate_secret(transport, policy, fake.access, "cid-1")
+        regenerated = await keycloak.KeycloakAdmin(transport, policy, fake.access).regenerate_secret("cid-1")
     assert (got, regenerated) == (minted, secret)
     assert [_secrets.mask(value) for value in (admin_token, minted, secret)] == [_secrets.MASK] * 3
 
@@ -134,7 +134,8 @@ async def test_a_regenerated_secret_with_a_control_character_is_refused() -> Non
     fake = FakeAdmin(secret="new-secret\nKEYCLOAK_CLIENT_ID=evil")
     async with serve_app(fake.app()) as fake.base, _transport(fake) as transport:
         with pytest.raises(UnsafeValue):
-            await keycloak.regenerate_secret(transport, RetryPolicy(Deadline(5), 0.01, 0.05), fake.access, "cid-1")
+            admin = keycloak.KeycloakAdmin(transport, RetryPolicy(Deadline(5), 0.01, 0.05), fake.access)
+            await admin.regenerate_secret("cid-1")
 
 
 def test_a_dotenv_edit_never_writes_a_value_that_needs_quoting(tmp_path: Path) -> None:
