@@ -252,9 +252,12 @@ class KubeApi:
         if self.insecure and identity is None and not self.has_client_certificate():
             return False
         try:
-            context = ssl.create_default_context(cafile=str(self.ca_file) if self.ca_file else None)
-            if self.ca_data:
-                context.load_verify_locations(cadata=self.ca_data.decode())
+            # A CA named here is the only trust root (as in client-go): with cafile or cadata,
+            # create_default_context loads no system store, so a server some public CA vouches for gets nothing.
+            context = ssl.create_default_context(
+                cafile=str(self.ca_file) if self.ca_file else None,
+                cadata=self.ca_data.decode() if self.ca_data else None,
+            )
         except (OSError, ssl.SSLError, ValueError) as exc:
             raise ConfigError(
                 f"Cannot load the Kubernetes API server's CA ({self.ca_file or 'certificate-authority-data'}: "
