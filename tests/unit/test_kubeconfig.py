@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from bootstrap import k8s, log
+from bootstrap import hooks, k8s, log
 from bootstrap.errors import ConfigError, StorageError
 from bootstrap.k8s import KubeApi, KubeStore
 from bootstrap.k8s import _exec as config_module
@@ -49,7 +49,7 @@ spec_path = sys.argv[1]
 spec = json.load(open(spec_path))
 runs = os.path.join(os.path.dirname(spec_path), "runs.jsonl")
 seen = {"info": os.environ.get("KUBERNETES_EXEC_INFO"), "args": sys.argv[2:], "env": os.environ.get("PLUGIN_ENV"),
-        "stdin_tty": sys.stdin.isatty() if sys.stdin else None}
+        "stdin_tty": sys.stdin.isatty() if sys.stdin else None, "names": sorted(os.environ)}
 with open(runs, "a") as f:
     f.write(json.dumps(seen) + "\n")
 n = sum(1 for _ in open(runs)) - 1
@@ -383,6 +383,20 @@ async def test_an_exec_plugin_gets_its_args_env_and_kubernetes_exec_info(kube: F
         "kind": "ExecCredential",
         "spec": {"interactive": False, "cluster": {"server": kube.base}},
     }
+
+
+async def test_an_exec_plugin_runs_without_the_bootstrap_secrets(
+    kube: FakeKube, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The initial access token, the admin credentials and their *_FILE names never reach the plugin."""
+    for name in hooks.BOOTSTRAP_ONLY:
+        monkeypatch.setenv(name, "bootstrap-only-value")
+    monkeypatch.setenv("keycloak_admin_password", "bootstrap-only-value")  # the settings read any case
+    config = with_user(kube.config, {"exec": exec_plugin(tmp_path / "p", tokens=["exec-token-value-1"])})
+    await load_twice(config)
+    names = set(plugin_runs(tmp_path / "p")[0]["names"])
+    assert {name.upper() for name in names} & set(hooks.BOOTSTRAP_ONLY) == set()
+    assert {"PATH", "PLUGIN_ENV", "KUBERNETES_EXEC_INFO"} <= names
 
 
 async def test_a_v1beta1_exec_plugin_needs_no_interactive_mode(kube: FakeKube, tmp_path: Path) -> None:
