@@ -45,7 +45,7 @@ async def on_change(command: str, timeout: float) -> int | None:  # noqa: ASYNC1
     """Run ``command``; its exit status, or None when it could not start or was killed after ``timeout``."""
     argv = shlex.split(command)
     try:
-        proc = await asyncio.create_subprocess_exec(*argv, env=child_environment(), start_new_session=True)
+        proc = await _start(argv)
     except OSError as exc:
         logger.error("DCR_ON_CHANGE could not be started", command=argv[0], error=exc.strerror)
         return None
@@ -60,6 +60,20 @@ async def on_change(command: str, timeout: float) -> int | None:  # noqa: ASYNC1
         raise
     (logger.info if status == 0 else logger.warning)("DCR_ON_CHANGE ran", command=argv[0], exit_status=status)
     return status
+
+
+async def _start(argv: list[str]) -> asyncio.subprocess.Process:
+    """Start the hook as the leader of a new process group. Cancelled while asyncio still sets up its pipes
+    (the hook may already run and start others), the start is finished, and the group killed."""
+    starting = asyncio.ensure_future(
+        asyncio.create_subprocess_exec(*argv, env=child_environment(), start_new_session=True)
+    )
+    try:
+        return await asyncio.shield(starting)
+    except asyncio.CancelledError:
+        with contextlib.suppress(OSError):
+            await _kill_group(await starting)
+        raise
 
 
 async def _kill_group(proc: asyncio.subprocess.Process) -> None:

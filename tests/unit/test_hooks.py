@@ -10,9 +10,12 @@ import os
 import re
 import signal
 import sys
+import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 from bootstrap import hooks
 
@@ -101,3 +104,61 @@ async def test_a_hook_killed_at_its_timeout_takes_its_process_group_along(tmp_pa
         assert await gone(child), "a process the hook started outlived its timeout"
     finally:
         kill(child)
+
+
+# --- the README's recipe: signal the server in a Pod ---
+
+# The server: answers SIGHUP by writing its PID into argv[2] and exiting; says it is ready through the FIFO argv[1].
+SERVER = """
+import os, signal, sys
+def reload(*_):
+    open(sys.argv[2], "w").write(str(os.getpid()))
+    sys.exit(0)
+signal.signal(signal.SIGHUP, reload)
+open(sys.argv[1], "w").write("ready")
+while True:
+    signal.pause()
+"""
+
+
+def readme_recipe() -> dict[str, Any]:
+    """The Pod of the README's DCR_ON_CHANGE recipe (its yaml block)."""
+    text = (ROOT / "README.md").read_text()
+    found = re.search(r"To signal the server.*?```yaml\n(.*?)```", text, re.DOTALL)
+    assert found is not None, "the README shows no DCR_ON_CHANGE recipe"
+    return dict(yaml.safe_load(textwrap.dedent(found.group(1)))["spec"])
+
+
+def as_kubernetes_passes_it(text: str) -> str:
+    """A command or env value as the kubelet hands it on when no variable it names is defined: ``$$`` becomes
+    ``$`` and ``$(anything)`` stays as written."""
+    return text.replace("$$", "$")
+
+
+async def test_the_readme_hook_recipe_signals_the_server(tmp_path: Path) -> None:
+    """The README's server command records the server's PID; its DCR_ON_CHANGE, run by on_change, signals it."""
+    spec = readme_recipe()
+    assert spec["shareProcessNamespace"] is True
+    env = {e["name"]: e["value"] for e in spec["initContainers"][0]["env"]}
+    hook = as_kubernetes_passes_it(env["DCR_ON_CHANGE"]).replace("/run/app/pid", str(tmp_path / "pid"))
+    (tmp_path / "server.py").write_text(SERVER)
+    ready, got = tmp_path / "ready", tmp_path / "got"
+    os.mkfifo(ready)
+    server = f"{sys.executable} {tmp_path / 'server.py'} {ready} {got}"
+    command = [
+        as_kubernetes_passes_it(part)
+        .replace("/run/app/pid", str(tmp_path / "pid"))
+        .replace("python /app/server.py", server)
+        for part in spec["containers"][0]["command"]
+    ]
+    app = await asyncio.create_subprocess_exec(*command)
+    try:
+        assert await read_gate(ready) == "ready"
+        assert (tmp_path / "pid").read_text().strip() == str(app.pid)  # exec kept the PID the shell wrote
+        assert await hooks.on_change(hook, 30) == 0
+        assert await asyncio.wait_for(app.wait(), 60) == 0  # a bound against a hang, not a timing
+        assert got.read_text() == str(app.pid)
+    finally:
+        if app.returncode is None:
+            app.kill()
+            await app.wait()
