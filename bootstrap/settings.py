@@ -265,10 +265,12 @@ class Settings(BaseSettings):
     dcr_on_change: str | None = Field(
         None,
         description="'watch': a command run (split like a shell would, but run without one; use sh -c '...' for "
-        "a shell) after the client id or secret changed, e.g. to signal the server to reload.",
+        "a shell) after the client id or secret changed, e.g. to signal the server (the README shows how in a "
+        "Pod); it gets no initial access token or admin credentials, and its process group is killed when watch "
+        "stops.",
     )
     dcr_on_change_timeout: PositiveDuration = Field(
-        30.0, description="DCR_ON_CHANGE is killed after this long; its exit status is logged."
+        30.0, description="DCR_ON_CHANGE is killed (with its process group) after this long; its exit status is logged."
     )
     dcr_delete_on_exit: bool = Field(
         False,

@@ -6,8 +6,10 @@ generated client of the whole API. By layer, each module using only the ones abo
 
     _values   typed reads of untrusted JSON (an API server's answer, a kubeconfig)
     _exec     exec credential plugins (client.authentication.k8s.io), run as kubectl runs them
-    _config   KubeApi: where the API server is and how to authenticate (in-cluster files, credentials
-              that rotate); _kubeconfig reads and merges kubeconfig files into one
+    _token    a bearer token file, read and checked
+    _kubeconfig  kubeconfig files read and merged (as kubectl does) into the fields of one KubeApi
+    _config   KubeApi: where the API server is and how to authenticate (in-cluster files, a kubeconfig,
+              credentials that rotate)
     _client   KubeClient: one request with its retries and checks; nothing but BootstrapError leaves it
     _lease    LeaseLock: leader election as client-go does it (unique holder, our own clock)
     _store    KubeStore: the Secret (and the Deployment to roll), holding the LeaseLock

@@ -6,7 +6,8 @@ rotate are fetched again while the client runs (``Credentials``): the service-ac
 kubeconfig's ``tokenFile`` whenever the file changes (the kubelet replaces the projected token long
 before it expires), an exec plugin's credential when it expires, and either of them once after a 401.
 
-Kubeconfig files are parsed and merged in ``_kubeconfig``; exec credential plugins run in ``_exec``.
+Kubeconfig files are parsed and merged in ``_kubeconfig`` (into this module's fields: it imports nothing from
+here); exec credential plugins run in ``_exec``; token files are read by ``_token``.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from ..errors import ConfigError, StorageError, printable
 from ..models import is_vschar
 from ..settings import K8S_NAME
 from ._exec import ExecPlugin, Issued
+from ._kubeconfig import Kubeconfig
+from ._token import read_token
 
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
@@ -142,20 +145,6 @@ class Credentials:
         return self.generation != used
 
 
-def read_token(path: Path) -> str:
-    """A token file's token (registered for masking, checked for control characters)."""
-    try:
-        token = path.read_text().strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise StorageError(
-            f"Cannot read the token file {path} ({type(exc).__name__}); check the mounted token."
-        ) from None
-    log.register_secrets(token)
-    if not token or not is_vschar(token):
-        raise StorageError(f"The token file {path} is empty or has control characters or line breaks; fix it.")
-    return token
-
-
 # --- where and how ---
 
 
@@ -236,10 +225,8 @@ class KubeApi:
     @classmethod
     def from_kubeconfig(cls, paths: Path | Sequence[Path], context: str | None = None) -> KubeApi:
         """The current (or the named) context of a kubeconfig, or of several merged as kubectl merges them."""
-        from ._kubeconfig import Kubeconfig  # the parser builds KubeApis: it sits above this module
-
         merged = Kubeconfig.load([paths] if isinstance(paths, Path) else list(paths), explicit=isinstance(paths, Path))
-        return merged.api(context)
+        return cls(**merged.fields(context))
 
     def check(self, *, allow_http: bool = False) -> KubeApi:
         """Refuse, before any request, a server the bearer token must not be sent to; warn when TLS is off."""
@@ -265,9 +252,12 @@ class KubeApi:
         if self.insecure and identity is None and not self.has_client_certificate():
             return False
         try:
-            context = ssl.create_default_context(cafile=str(self.ca_file) if self.ca_file else None)
-            if self.ca_data:
-                context.load_verify_locations(cadata=self.ca_data.decode())
+            # A CA named here is the only trust root (as in client-go): with cafile or cadata,
+            # create_default_context loads no system store, so a server some public CA vouches for gets nothing.
+            context = ssl.create_default_context(
+                cafile=str(self.ca_file) if self.ca_file else None,
+                cadata=self.ca_data.decode() if self.ca_data else None,
+            )
         except (OSError, ssl.SSLError, ValueError) as exc:
             raise ConfigError(
                 f"Cannot load the Kubernetes API server's CA ({self.ca_file or 'certificate-authority-data'}: "

@@ -2,8 +2,8 @@
 
 A kubeconfig user's ``exec`` names a command that prints an ExecCredential: a token, or a client
 certificate and key, valid until ``expirationTimestamp``. It is run with ``KUBERNETES_EXEC_INFO``,
-unattended unless a terminal is there and its ``interactiveMode`` allows one, within a timeout; its
-output may hold credentials, so no error ever shows it.
+unattended unless a terminal is there and its ``interactiveMode`` allows one, within a timeout, without
+the bootstrap's own secrets in its environment; its output may hold credentials, so no error ever shows it.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from typing import Any
 
 from .. import log
 from ..errors import ConfigError, StorageError, printable
+from ..hooks import child_environment
 from ..models import is_vschar
 from ._values import dict_or_empty, text_or_none
 
@@ -89,7 +90,8 @@ class ExecPlugin:
         """Run the plugin once; its credential, or one error naming the command (never its output)."""
         interactive = self.interactive()
         timeout = remaining if interactive else min(EXEC_TIMEOUT, remaining)
-        env = os.environ | dict(self.env) | {"KUBERNETES_EXEC_INFO": self.exec_info(interactive)}
+        # As kubectl: our environment plus the kubeconfig's, but never the bootstrap's own secrets.
+        env = child_environment(dict(self.env) | {"KUBERNETES_EXEC_INFO": self.exec_info(interactive)})
         try:
             proc = await asyncio.create_subprocess_exec(
                 self.command,

@@ -1,4 +1,4 @@
-"""kubeconfig files, read and merged as kubectl merges them, into a ``KubeApi``.
+"""kubeconfig files, read and merged as kubectl merges them, into the fields of a ``KubeApi`` (``_config``).
 
 ``KUBECONFIG`` may list several files (``os.pathsep``): the first file to set ``current-context`` wins,
 and each cluster, user and context comes from the first file defining its name; a relative path in an
@@ -19,8 +19,8 @@ from typing import Any
 
 from .. import log
 from ..errors import ConfigError, StorageError, printable
-from ._config import KubeApi, read_token
 from ._exec import ExecPlugin
+from ._token import read_token
 from ._values import dict_or_empty, text_or_none
 
 UNSUPPORTED_USER_FIELDS = ("auth-provider", "username", "password", "as", "as-uid", "as-groups", "as-user-extra")
@@ -84,8 +84,8 @@ class Kubeconfig:
             )
         return found[name]
 
-    def api(self, context_name: str | None = None) -> KubeApi:
-        """The KubeApi of the named context, or of the current one."""
+    def fields(self, context_name: str | None = None) -> dict[str, Any]:
+        """The KubeApi fields (keyword arguments) of the named context, or of the current one."""
         name, context = self._context(context_name)
         cluster_ref = self._entry("clusters", text_or_none(context.get("cluster")), f"context {name!r}")
         if cluster_ref is None or not text_or_none(cluster_ref[1].get("server")):
@@ -93,11 +93,11 @@ class Kubeconfig:
         user_name = text_or_none(context.get("user"))
         user_ref = self._entry("users", user_name, f"context {name!r}") if user_name else None
         origin, user = user_ref or (self.files[0], {})
-        return KubeApi(
-            default_namespace=text_or_none(context.get("namespace")) or "default",
+        return {
+            "default_namespace": text_or_none(context.get("namespace")) or "default",
             **_cluster_fields(*cluster_ref),
             **_user_fields(user, origin, _cluster_info(*cluster_ref)),
-        )
+        }
 
     def _context(self, context_name: str | None) -> tuple[str | None, dict[str, Any]]:
         """DCR_K8S_CONTEXT's context (which must exist), or the current one (or the first, or none)."""

@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from bootstrap.errors import StorageError
 from bootstrap.k8s import SERVICE_ACCOUNT_DIR, KubeStore, run_shared
 from harness.kube import KubeServer
 from harness.process import HarnessError
@@ -312,3 +313,60 @@ async def test_a_long_running_store_survives_a_service_account_token_rotation(
     assert code == 0 and rest == b"round 2 done\nreleased\n", errors[-2000:]
     secret = kube.request("GET", f"/api/v1/namespaces/{namespace}/secrets/dcr")
     assert json.loads(base64.b64decode(secret["data"]["dcr_client.json"]))["client_id"] == "round-2"
+
+
+# --- the kubeconfig's CA is the only trust root ---
+
+
+def system_trusts_the_api_server(kube: KubeServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """OpenSSL's default trust store, for this test: the API server's own CA."""
+    monkeypatch.setenv("SSL_CERT_FILE", str(kube.ca_file))
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+
+
+def secret_exists(kube: KubeServer, namespace: str) -> bool:
+    try:
+        kube.request("GET", f"/api/v1/namespaces/{namespace}/secrets/dcr")
+    except HarnessError:
+        return False
+    return True
+
+
+async def test_certificate_authority_data_pins_the_trust_even_when_the_system_store_trusts_the_server(
+    kube: KubeServer, namespace: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The real API server's CA is system-trusted, the kubeconfig names another: refused, the Secret never written."""
+    from harness.tls import write_ca
+
+    write_ca(tmp_path / "other-ca.crt", tmp_path / "other-ca.key", "another CA")
+    system_trusts_the_api_server(kube, monkeypatch)
+    token = account_token(kube, namespace, account(kube, namespace))
+    other_ca = base64.b64encode((tmp_path / "other-ca.crt").read_bytes()).decode()
+    other = {"server": kube.url, "certificate-authority-data": other_ca}
+    config = write_config(
+        tmp_path / "config.json",
+        clusters={"test": other},
+        users={"me": {"token": token}},
+        contexts={"test": {"cluster": "test", "user": "me", "namespace": namespace}},
+        current="test",
+    )
+    with pytest.raises(StorageError, match="TLS with the Kubernetes API"):
+        await round_trip(config)
+    assert not secret_exists(kube, namespace)
+
+
+async def test_a_kubeconfig_without_a_ca_trusts_the_system_store(
+    kube: KubeServer, namespace: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No CA in the kubeconfig: the system store decides, as in client-go (the store above is in effect)."""
+    system_trusts_the_api_server(kube, monkeypatch)
+    token = account_token(kube, namespace, account(kube, namespace))
+    config = write_config(
+        tmp_path / "config.json",
+        clusters={"test": {"server": kube.url}},
+        users={"me": {"token": token}},
+        contexts={"test": {"cluster": "test", "user": "me", "namespace": namespace}},
+        current="test",
+    )
+    await round_trip(config)
+    assert secret_exists(kube, namespace)

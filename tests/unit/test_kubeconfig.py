@@ -5,18 +5,21 @@ FakeKube on loopback."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import ssl
 import stat
 import sys
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import web
 
-from bootstrap import k8s, log
+from bootstrap import hooks, k8s, log
 from bootstrap.errors import ConfigError, StorageError
 from bootstrap.k8s import KubeApi, KubeStore
 from bootstrap.k8s import _exec as config_module
@@ -46,7 +49,7 @@ spec_path = sys.argv[1]
 spec = json.load(open(spec_path))
 runs = os.path.join(os.path.dirname(spec_path), "runs.jsonl")
 seen = {"info": os.environ.get("KUBERNETES_EXEC_INFO"), "args": sys.argv[2:], "env": os.environ.get("PLUGIN_ENV"),
-        "stdin_tty": sys.stdin.isatty() if sys.stdin else None}
+        "stdin_tty": sys.stdin.isatty() if sys.stdin else None, "names": sorted(os.environ)}
 with open(runs, "a") as f:
     f.write(json.dumps(seen) + "\n")
 n = sum(1 for _ in open(runs)) - 1
@@ -382,6 +385,20 @@ async def test_an_exec_plugin_gets_its_args_env_and_kubernetes_exec_info(kube: F
     }
 
 
+async def test_an_exec_plugin_runs_without_the_bootstrap_secrets(
+    kube: FakeKube, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The initial access token, the admin credentials and their *_FILE names never reach the plugin."""
+    for name in hooks.BOOTSTRAP_ONLY:
+        monkeypatch.setenv(name, "bootstrap-only-value")
+    monkeypatch.setenv("keycloak_admin_password", "bootstrap-only-value")  # the settings read any case
+    config = with_user(kube.config, {"exec": exec_plugin(tmp_path / "p", tokens=["exec-token-value-1"])})
+    await load_twice(config)
+    names = set(plugin_runs(tmp_path / "p")[0]["names"])
+    assert {name.upper() for name in names} & set(hooks.BOOTSTRAP_ONLY) == set()
+    assert {"PATH", "PLUGIN_ENV", "KUBERNETES_EXEC_INFO"} <= names
+
+
 async def test_a_v1beta1_exec_plugin_needs_no_interactive_mode(kube: FakeKube, tmp_path: Path) -> None:
     """client.authentication.k8s.io/v1beta1 plugins work, interactiveMode defaulting to IfAvailable."""
     plugin = exec_plugin(tmp_path / "p", version=V1BETA1, tokens=["beta-token-value-1"])
@@ -555,3 +572,90 @@ def test_a_client_certificate_without_its_key_is_a_config_error(tmp_path: Path) 
     config = with_user(kubeconfig(tmp_path / "k.json", "https://127.0.0.2:1"), {"client-certificate": "u.crt"})
     with pytest.raises(ConfigError, match="without its key"):
         KubeApi.from_kubeconfig(config)
+
+
+# --- the kubeconfig's CA is the only trust root ---
+
+
+@dataclass
+class Pki:
+    """A CA the test's system trust store holds (``system_ca``, signing the server) and one it does not."""
+
+    system_ca: Path
+    other_ca: Path
+    cert: Path
+    key: Path
+
+
+@pytest.fixture
+def pki(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Pki:
+    from harness.tls import write_ca, write_ca_and_server_cert
+
+    folder = tmp_path / "pki"
+    folder.mkdir()
+    found = Pki(folder / "system-ca.crt", folder / "other-ca.crt", folder / "server.crt", folder / "server.key")
+    write_ca_and_server_cert(found.system_ca, found.cert, found.key, hosts=["127.0.0.1"], common_name="127.0.0.1")
+    write_ca(found.other_ca, folder / "other-ca.key", "another CA")
+    monkeypatch.setenv("SSL_CERT_FILE", str(found.system_ca))  # OpenSSL's default trust store, for this test
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    return found
+
+
+@pytest.fixture
+async def tls_kube(pki: Pki, tmp_path: Path) -> AsyncIterator[FakeKube]:
+    """The fake API server over https, its certificate signed by the CA of the system trust store."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(pki.cert, pki.key)
+    fake = FakeKube()
+    runner = web.AppRunner(fake.app(), shutdown_timeout=0.1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context)
+    await site.start()
+    fake.base = f"https://127.0.0.1:{runner.addresses[0][1]}"
+    fake.put_secret(registration())
+    try:
+        yield fake
+    finally:
+        await runner.cleanup()
+
+
+async def test_certificate_authority_data_is_the_only_trust_root(tls_kube: FakeKube, pki: Pki, tmp_path: Path) -> None:
+    """A server whose CA only the system store trusts never gets the token when the kubeconfig names another CA."""
+    config = kubeconfig(
+        tmp_path / "k.json",
+        tls_kube.base,
+        **{"certificate-authority-data": base64.b64encode(pki.other_ca.read_bytes()).decode()},
+    )
+    with pytest.raises(StorageError, match="TLS with the Kubernetes API"):
+        async with KubeStore.from_environment(SECRET, kubeconfig=config) as store:
+            await store.load()
+    assert (tls_kube.seen, tls_kube.authorization) == ([], set())
+
+
+async def test_a_certificate_authority_file_is_the_only_trust_root(
+    tls_kube: FakeKube, pki: Pki, tmp_path: Path
+) -> None:
+    """The same for a kubeconfig's certificate-authority file: the system store is not consulted."""
+    config = kubeconfig(tmp_path / "k.json", tls_kube.base, **{"certificate-authority": str(pki.other_ca)})
+    with pytest.raises(StorageError, match="TLS with the Kubernetes API"):
+        async with KubeStore.from_environment(SECRET, kubeconfig=config) as store:
+            await store.load()
+    assert (tls_kube.seen, tls_kube.authorization) == ([], set())
+
+
+async def test_a_kubeconfig_without_a_ca_trusts_the_system_store(tls_kube: FakeKube, tmp_path: Path) -> None:
+    """No CA named: the system trust store decides, as client-go does (and this test's store is in effect)."""
+    async with KubeStore.from_environment(SECRET, kubeconfig=kubeconfig(tmp_path / "k.json", tls_kube.base)) as store:
+        await store.load()
+    assert tls_kube.authorization == {f"Bearer {KUBE_TOKEN}"}
+
+
+async def test_certificate_authority_data_of_the_servers_ca_is_trusted(
+    tls_kube: FakeKube, pki: Pki, tmp_path: Path
+) -> None:
+    """certificate-authority-data naming the server's own CA works."""
+    data = base64.b64encode(pki.system_ca.read_bytes()).decode()
+    config = kubeconfig(tmp_path / "k.json", tls_kube.base, **{"certificate-authority-data": data})
+    async with KubeStore.from_environment(SECRET, kubeconfig=config) as store:
+        await store.load()
+    assert tls_kube.authorization == {f"Bearer {KUBE_TOKEN}"}

@@ -133,8 +133,8 @@ async def test_a_regenerated_secret_with_a_control_character_is_refused() -> Non
     """A regenerated client secret outside VSCHAR is refused where it enters (exit 7)."""
     fake = FakeAdmin(secret="new-secret\nKEYCLOAK_CLIENT_ID=evil")
     async with serve_app(fake.app()) as fake.base, _transport(fake) as transport:
+        admin = keycloak.KeycloakAdmin(transport, RetryPolicy(Deadline(5), 0.01, 0.05), fake.access)
         with pytest.raises(UnsafeValue):
-            admin = keycloak.KeycloakAdmin(transport, RetryPolicy(Deadline(5), 0.01, 0.05), fake.access)
             await admin.regenerate_secret("cid-1")
 
 
