@@ -35,6 +35,14 @@ def _parser() -> argparse.ArgumentParser:
         "one) and write its credentials. Configured by environment variables; see the README.",
     )
     parser.add_argument("--version", action=_Version, nargs=0, help="show the version and exit")
+    parser.add_argument(
+        "--env-file",
+        dest="settings_file",
+        type=Path,
+        metavar="PATH",
+        help="read settings from this file too (the environment wins): an operator's explicit choice, so it "
+        "may sit beside the credentials file; it must be a regular file of ours or root's, writable by no one else",
+    )
     sub = parser.add_subparsers(dest="command")
     sub.add_parser("run", help="wait, register or reload, write the credentials (the default)")
     sub.add_parser("wait", help="only wait until the server serves its metadata")
@@ -75,13 +83,13 @@ def _parser() -> argparse.ArgumentParser:
     setup = sub.add_parser(
         "setup", help="static -> DCR: mint an initial access token and switch the .env to DCR (a backup first)"
     )
-    setup.add_argument("--env-file", type=Path, default=Path(".env"), help="the .env to edit (default .env)")
+    setup.add_argument("--env-file", type=Path, help="the .env to edit (default: the global --env-file, else .env)")
     setup.add_argument("--renew", action="store_true", help="mint a new token even if the .env has one")
     _token_options(setup)
     static = sub.add_parser(
         "to-static", help="DCR -> static: keep the current client as KEYCLOAK_CLIENT_ID/SECRET in the .env"
     )
-    static.add_argument("--env-file", type=Path, default=Path(".env"), help="the .env to edit (default .env)")
+    static.add_argument("--env-file", type=Path, help="the .env to edit (default: the global --env-file, else .env)")
     return parser
 
 
@@ -93,12 +101,16 @@ def _token_options(parser: argparse.ArgumentParser) -> None:
 def run(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     command = args.command or "run"
+    # Edited by setup and to-static: theirs, else the file the settings come from, else ./.env.
+    if getattr(args, "env_file", None) is None:
+        args.env_file = args.settings_file or Path(".env")
+    explicit = args.settings_file is not None  # it may name another DCR_CLIENT_FILE: no shortcut then
     try:
-        if command in QUICK and (text := QUICK[command]()) is not None:
+        if not explicit and command in QUICK and (text := QUICK[command]()) is not None:
             sys.stdout.write(text)
             sys.stdout.flush()
             return int(ExitCode.OK)
-        if command == "run":
+        if command == "run" and not explicit:
             quick.take_lock()  # before the imports: runs started together then line up behind the first
         from . import commands  # the settings model, the network stack and the logger
 

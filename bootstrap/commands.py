@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from . import backups, envfile, flow, hooks, keycloak, lifecycle, log, quick, store
 from .errors import BootstrapError, ConfigError, ExitCode, NotRotated, StorageError
 from .models import SavedRegistration
-from .settings import Settings, ignored_env_files, load_settings
+from .settings import CREDENTIALS_FOLDER, Settings, ignored_env_files, load_settings
 from .wait import Deadline
 
 logger = log.get_logger()
@@ -274,24 +274,37 @@ async def _with_signals(coro: Awaitable[object]) -> None:
     await task
 
 
-def _warn_ignored() -> None:
-    for path, reason in ignored_env_files:
-        logger.warning(f"Ignored {path}: it {reason}; settings come from the environment only", path=path)
+def _warn_ignored() -> list[tuple[str, str]]:
+    """Log each .env we did not read, once; return them for the last line of a configuration error."""
+    ignored = list(ignored_env_files)
     ignored_env_files.clear()
+    for path, reason in ignored:
+        logger.warning(f"Ignored {path}: it {reason}; settings come from the environment only", path=path)
+    return ignored
+
+
+def _ignored_hint(ignored: list[tuple[str, str]]) -> str:
+    """The .env files we did not read, and how to read one: a missing setting may be in it."""
+    hints = []
+    for path, reason in ignored:
+        fix = f"pass --env-file {path} to read it" if reason == CREDENTIALS_FOLDER else "fix that to have it read"
+        hints.append(f" Note: {path} was ignored (it {reason}); {fix}.")
+    return "".join(hints)
 
 
 def execute(command: str, args: argparse.Namespace) -> int:
     log.configure()
     settings: Settings | None = None
+    ignored: list[tuple[str, str]] = []
     try:
-        settings = load_settings()
+        settings = load_settings(env_file=getattr(args, "settings_file", None))
         log.configure(settings.dcr_log_format, settings.dcr_log_level)
-        _warn_ignored()
+        ignored = _warn_ignored()
         asyncio.run(_with_signals(COMMANDS[command](settings, args)))
     except BootstrapError as exc:
         if settings is None:
-            _warn_ignored()  # the reason a setting is missing may be the .env we would not read
-        message = exc.line()
+            ignored = _warn_ignored()
+        message = exc.line() + (_ignored_hint(ignored) if isinstance(exc, ConfigError) else "")
         if hint := keycloak.hint_for(exc, settings.keycloak_url if settings else None):
             message = f"{message} Keycloak: {hint}"
         logger.error(message, exit_code=int(exc.exit_code), error_type=type(exc).__name__)

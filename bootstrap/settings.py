@@ -20,6 +20,7 @@ import re
 import socket
 import ssl
 from collections.abc import Mapping
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
@@ -102,6 +103,10 @@ def _check_url(value: str, *, path_allowed: bool = True) -> str:
 
 # (path, why it was not read), for the CLI to log once logging is configured.
 ignored_env_files: list[tuple[str, str]] = []
+CREDENTIALS_FOLDER = "sits in the credentials folder, which other containers may share"
+# The file named by --env-file: read even beside the credentials file (the operator chose it), and a
+# problem with it is an error, not a warning. Set by load_settings for the one Settings it builds.
+_explicit: ContextVar[Path | None] = ContextVar("explicit_env_file", default=None)
 DEFAULT_CLIENT_FILE = ".dcr_client.json"
 
 
@@ -113,11 +118,30 @@ def _credentials_folder() -> Path:
     return Path(os.environ.get("DCR_CLIENT_FILE") or DEFAULT_CLIENT_FILE).absolute().parent
 
 
+def _explicit_text(path: Path) -> str:
+    """The text of the file --env-file names, held to the ownership rules of any .env; ConfigError if not."""
+    try:
+        return read_own(path, owners=frozenset({os.geteuid(), 0}), shared_write=False).decode("utf-8")
+    except Untrusted as exc:
+        problem = f"it {exc.reason}"
+    except OSError as exc:
+        problem = f"it cannot be read ({exc.strerror})"
+    except UnicodeDecodeError:
+        problem = "it is not UTF-8 text"
+    raise ConfigError(
+        f"--env-file {path} was not read: {problem}. Name a regular file owned by this user or root and "
+        "writable by no one else (chmod go-w)."
+    )
+
+
 def _safe_dotenv(path: Path) -> str | None:
     """The text of a .env we may trust, or None (the reason recorded in ``ignored_env_files``)."""
+    explicit = _explicit.get()
+    if explicit is not None:
+        return _explicit_text(explicit)
     try:
         if path.absolute().parent.resolve() == _credentials_folder().resolve():
-            raise Untrusted(path, "sits in the credentials folder, which other containers may share")
+            raise Untrusted(path, CREDENTIALS_FOLDER)
         raw = read_own(path, owners=frozenset({os.geteuid(), 0}), shared_write=False)
     except FileNotFoundError:
         return None
@@ -559,8 +583,13 @@ def hostname() -> str:
     return socket.gethostname()
 
 
-def load_settings(**overrides: object) -> Settings:
-    """Read settings from the environment; translate validation errors into one ConfigError line."""
+def load_settings(env_file: Path | None = None, **overrides: object) -> Settings:
+    """Read settings from the environment (and ``env_file``, the operator's --env-file, else a trusted ./.env);
+    translate validation errors into one ConfigError line."""
+    if env_file is not None:
+        _explicit_text(env_file)  # its problems are the run's error, before anything else is judged
+        overrides["_env_file"] = env_file
+    token = _explicit.set(env_file)
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
@@ -569,3 +598,5 @@ def load_settings(**overrides: object) -> Settings:
             loc = "_".join(str(p) for p in err["loc"]).upper() or "settings"
             problems.append(f"{loc}: {err['msg']}")
         raise ConfigError("Invalid settings: " + "; ".join(problems) + ". Fix these environment variables.") from None
+    finally:
+        _explicit.reset(token)

@@ -146,6 +146,29 @@ def test_setup_switches_a_static_dotenv_to_dcr_with_a_token_that_registers(
     assert registered.code == 0, registered.stderr
 
 
+def test_the_migration_flow_setup_then_run_from_one_env_file(
+    keycloak: KeycloakServer, realm: str, env: dict[str, str], tmp_path: Path
+) -> None:
+    """The README's migration: 'setup' edits the app's .env, and a run named --env-file registers from it."""
+    app = tmp_path / "app"
+    app.mkdir()
+    dotenv = app / ".env"
+    dotenv.write_text(
+        f"KEYCLOAK_URL={keycloak.url}\nKEYCLOAK_REALM={realm}\nUSE_DCR=false\nKEYCLOAK_CLIENT_ID=old\n"
+        f"KEYCLOAK_CLIENT_SECRET=old-secret\nDCR_CLIENT_FILE={app / '.dcr_client.json'}\nDCR_CLIENT_NAME=migrated\n"
+    )
+    dotenv.chmod(0o600)
+    bare = {key: value for key, value in env.items() if not key.startswith(("KEYCLOAK_", "DCR_"))}
+    bare |= {"DCR_LOG_FORMAT": "json", "DCR_CLIENT_FILE": str(app / ".dcr_client.json")}
+    admin_env = bare | {"KEYCLOAK_ADMIN_USERNAME": "admin", "KEYCLOAK_ADMIN_PASSWORD": keycloak.admin_password}
+    assert run_cli(admin_env, "--env-file", str(dotenv), "setup").code == 0
+    implicit = run_cli(bare, "run", cwd=app)  # beside the credentials file: ignored, and the last line says so
+    assert implicit.code == 2 and "pass --env-file .env to read it" in implicit.stderr.splitlines()[-1]
+    explicit = run_cli(bare, "--env-file", str(dotenv), "run", cwd=app)
+    assert explicit.code == 0, explicit.stderr
+    assert json.loads((app / ".dcr_client.json").read_text())["client_id"]
+
+
 def _backed_up(env: dict[str, str], creds_file: Path) -> tuple[str, Path]:
     """A registered client and a backup of it (DCR_CLIENT_FILE's folder is creds/, the backups go beside)."""
     assert run_cli(env).code == 0
