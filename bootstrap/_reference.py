@@ -1,7 +1,7 @@
-"""Generate the README's configuration reference and exit-code table from the code itself.
+"""Generate the reference's configuration table and exit-code table from the code itself.
 
-``python -m bootstrap._reference`` rewrites the marked sections of README.md; a unit test fails when
-README.md and the code disagree, so the documentation cannot drift.
+``python -m bootstrap._reference`` rewrites the marked sections of the pages in ``PAGES``; a unit test
+fails when a page and the code disagree, so the documentation cannot drift.
 """
 
 from __future__ import annotations
@@ -46,9 +46,13 @@ def render(readme: str) -> str:
     return readme
 
 
+# The pages that hold a generated section (``<!-- BEGIN name -->`` ... ``<!-- END name -->``).
+PAGES = (Path("docs/configuration.md"), Path("docs/exit-codes.md"))
+
+
 def main() -> int:
-    path = Path(sys.argv[1] if len(sys.argv) > 1 else "README.md")
-    path.write_text(render(path.read_text()))
+    for path in [Path(arg) for arg in sys.argv[1:]] or PAGES:
+        path.write_text(render(path.read_text()))
     return 0
 
 

@@ -32,7 +32,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dcr-bootstrap",
         description="Register an OAuth client by Dynamic Client Registration (or reload and check the saved "
-        "one) and write its credentials. Configured by environment variables; see the README.",
+        "one) and write its credentials. Configured by environment variables; see docs/configuration.md.",
     )
     parser.add_argument("--version", action=_Version, nargs=0, help="show the version and exit")
     parser.add_argument(

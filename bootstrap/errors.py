@@ -1,7 +1,7 @@
 """The exception tree. Every error the tool raises on purpose is a ``BootstrapError``.
 
 Each branch carries one exit code (``exit_code``, an ``ExitCode``: the codes and their meanings are
-defined there and nowhere else; the README table is rendered from it) and a message that says what
+defined there and nowhere else; docs/exit-codes.md is rendered from it) and a message that says what
 went wrong *and* what to do; the CLI prints ``str(exc)`` and its notes (``add_note``: what happened
 to a client we created, say) as the last log line. ``reason``, where set, names the condition for
 code (``keycloak.hint_for``), so nothing matches our own message text. Messages never contain secret
@@ -51,7 +51,7 @@ DESCRIPTION_LIMIT = 300
 
 
 class ExitCode(IntEnum):
-    """Documented process exit codes, each with its meaning: the one definition (README table included)."""
+    """Documented process exit codes, each with its meaning: the one definition (docs/exit-codes.md shows it)."""
 
     meaning: str
 

@@ -1,4 +1,4 @@
-"""The README's DCR_ON_CHANGE recipe in the real image: a server container records its PID in a shared
+"""The DCR_ON_CHANGE recipe of docs/rotation.md in the real image: a server container records its PID in a shared
 folder, and hooks.on_change runs the documented hook in a second container of the same image; both join
 the process namespace of a third, a pause process (as ``shareProcessNamespace: true`` makes a Pod's),
 all as user 10001.

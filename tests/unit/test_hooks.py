@@ -106,7 +106,7 @@ async def test_a_hook_killed_at_its_timeout_takes_its_process_group_along(tmp_pa
         kill(child)
 
 
-# --- the README's recipe: signal the server in a Pod ---
+# --- the documented recipe (docs/rotation.md): signal the server in a Pod ---
 
 # The server: answers SIGHUP by writing its PID into argv[2] and exiting; says it is ready through the FIFO argv[1].
 SERVER = """
@@ -122,10 +122,10 @@ while True:
 
 
 def readme_recipe() -> dict[str, Any]:
-    """The Pod of the README's DCR_ON_CHANGE recipe (its yaml block)."""
-    text = (ROOT / "README.md").read_text()
+    """The Pod of the documented DCR_ON_CHANGE recipe (its yaml block in docs/rotation.md)."""
+    text = (ROOT / "docs" / "rotation.md").read_text()
     found = re.search(r"To signal the server.*?```yaml\n(.*?)```", text, re.DOTALL)
-    assert found is not None, "the README shows no DCR_ON_CHANGE recipe"
+    assert found is not None, "docs/rotation.md shows no DCR_ON_CHANGE recipe"
     return dict(yaml.safe_load(textwrap.dedent(found.group(1)))["spec"])
 
 
@@ -136,7 +136,7 @@ def as_kubernetes_passes_it(text: str) -> str:
 
 
 async def test_the_readme_hook_recipe_signals_the_server(tmp_path: Path) -> None:
-    """The README's server command records the server's PID; its DCR_ON_CHANGE, run by on_change, signals it."""
+    """The documented server command records the server's PID; its DCR_ON_CHANGE, run by on_change, signals it."""
     spec = readme_recipe()
     assert spec["shareProcessNamespace"] is True
     env = {e["name"]: e["value"] for e in spec["initContainers"][0]["env"]}
