@@ -40,9 +40,9 @@ def salvage(document: dict[str, Any] | None) -> SavedRegistration | None:
     if document is None:
         return None
     # Whatever it holds, malformed or not, is masked from now on.
-    _secrets.register(
-        *(v for k in ("client_secret", "registration_access_token") if isinstance(v := document.get(k), str))
-    )
+    values = [v for k in ("client_secret", "registration_access_token") if isinstance(v := document.get(k), str)]
+    _secrets.register(*values)
+    _secrets.register_embedded(*values)
     fields = {key: value for key in _SALVAGED if (value := _text(document, key)) is not None}
     return SavedRegistration.model_validate(fields) if "client_id" in fields else None
 

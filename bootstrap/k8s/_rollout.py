@@ -69,18 +69,32 @@ async def completed(kube: KubeStore, deployment: str, current: SavedRegistration
         return False
 
 
-async def roll_out(kube: KubeStore, deployment: str, current: SavedRegistration, first: bool) -> None:
+async def _carried_now(kube: KubeStore, deployment: str, changed: bool) -> tuple[bool, str | None]:
+    """(readable, the digest its Pods carry); unreadable (no RBAC 'get'), a change this run made still rolls."""
+    try:
+        return True, carried(await kube.deployment(deployment))
+    except StorageError as exc:
+        logger.warning(
+            "Cannot read the Deployment to compare its credentials annotation"
+            + ("; patching it for the credentials this run changed" if changed else ""),
+            deployment=f"{kube.namespace}/{deployment}",
+            error=exc.line(),
+        )
+        return False, None
+
+
+async def roll_out(kube: KubeStore, deployment: str, current: SavedRegistration, *, first: bool, changed: bool) -> None:
     """Patch the pod template when its credentials annotation differs from ``current``'s digest.
 
     ``first``: the Secret held no registration when this run began; Pods starting now read this one, so
-    it is only noted on the Deployment (no roll-out). A failure is logged: the next run patches again.
+    it is only noted on the Deployment (no roll-out). ``changed``: this run changed the credentials.
+    A failure is logged: the next run compares and patches again.
     """
-    digest = credentials_digest(current)
-    where = f"{kube.namespace}/{deployment}"
+    digest, where = credentials_digest(current), f"{kube.namespace}/{deployment}"
+    readable, now = await _carried_now(kube, deployment, changed)
+    if now == digest or not (readable or changed):
+        return
     try:
-        now = carried(await kube.deployment(deployment))
-        if now == digest:
-            return
         if now is None and first:
             await kube.mark(deployment, digest)
             return

@@ -147,8 +147,7 @@ async def _shared_run(
             raise
         published = await _publish(settings, kube, outcome, state.data, state.version, deadline, state.held)
         if settings.dcr_k8s_rollout is not None:
-            first = state.shared is None and published.registration.client_id == outcome.registration.client_id
-            await _rollout.roll_out(kube, settings.dcr_k8s_rollout, published.registration, first)
+            await _roll_out(settings.dcr_k8s_rollout, kube, state, published.registration)
         return published
     raise StorageError(
         f"Secret {kube.name} kept changing while we wrote it ({SECRET_WRITE_ATTEMPTS} attempts); "
@@ -164,21 +163,30 @@ class _State:
     version: str | None
     shared: SavedRegistration | None
     held: list[Retired]  # replaced registrations kept out of the Pod's file until the roll-out completed
+    set_aside: bool = False  # a broken registration was set aside: Pods may still run on its client
 
 
-async def _read(settings: Settings, kube: KubeStore) -> tuple[dict[str, Any] | None, str | None, list[Retired]]:
-    """The Secret's document and version; a broken registration in it is set aside first (see _aside)."""
+async def _roll_out(deployment: str, kube: KubeStore, state: _State, current: SavedRegistration) -> None:
+    before = state.shared
+    first = before is None and not state.set_aside
+    changed = before is not None and _rollout.credentials_digest(before) != _rollout.credentials_digest(current)
+    await _rollout.roll_out(kube, deployment, current, first=first, changed=changed)
+
+
+async def _read(settings: Settings, kube: KubeStore) -> tuple[dict[str, Any] | None, str | None, list[Retired], bool]:
+    """The Secret's document, version and retired list, and whether a broken registration in it was set aside
+    first (see _aside)."""
     for _ in range(SECRET_WRITE_ATTEMPTS):
         try:
             data, version = await kube.load()
             _aside.parse(kube, data)
-            return data, version, _retired_in(data)
+            return data, version, _retired_in(data), False
         except BrokenEntry as broken:
             try:
                 retired, version = await _aside.set_aside(settings, kube, broken)
             except StoreConflict:
                 continue
-            return None, version, retired
+            return None, version, retired, True
     raise StorageError(f"Secret {kube.name} kept changing while we set its broken registration aside; run again.")
 
 
@@ -187,7 +195,7 @@ async def _synced(
 ) -> _State | flow.Outcome | None:
     """Reconcile the Pod's file with the Secret (see _reconcile): the newer side wins, and the Secret gets
     the file's newer state before anything is loaded from it. None: the Secret changed meanwhile."""
-    data, version, theirs = await _read(settings, kube)
+    data, version, theirs, aside = await _read(settings, kube)
     shared = _aside.parse(kube, data)
     path = settings.dcr_client_file
     local = _reconcile.check_readable(path)
@@ -212,7 +220,7 @@ async def _synced(
         data = _document(plan.registration, [*handed, *held])
     if plan.registration is not None and (plan.publish or shared is not None):
         _reconcile.save_base(path, plan.registration)
-    return _State(data, version, shared if not plan.publish else plan.registration, held)
+    return _State(data, version, shared if not plan.publish else plan.registration, held, aside)
 
 
 def _explain(kube: KubeStore, plan: _reconcile.Plan, local: SavedRegistration | None) -> None:
@@ -255,7 +263,8 @@ async def _accepted(settings: Settings, deadline: Deadline, creds: SavedRegistra
     if creds.client_secret is None or not creds.token_endpoint or "client_credentials" not in settings.dcr_grant_types:
         return None
     try:
-        async with flow.transport_for(settings, deadline, creds.issuer) as transport:
+        # Only to the configured server: the Secret's (or the file's) own issuer is not trusted with a secret.
+        async with flow.transport_for(settings, deadline) as transport:
             await tokens.client_credentials(
                 transport,
                 creds.token_endpoint,

@@ -168,6 +168,7 @@ class KubeStore:
         body = self._updated(None, str(read))
         data = dict_or_empty(body.get("data"))
         body["data"] = {k: v for k, v in data.items() if k != DATA_KEY} | {kept: data.get(DATA_KEY)}
+        _secrets.register(str(data.get(DATA_KEY)))  # sent again: an echo of it is masked whole
         self.secret_written = True
         status, answer = await self.client.call("PUT", "secret", self.secret, "update", body, accept=(404, 409))
         if status in (404, 409):
