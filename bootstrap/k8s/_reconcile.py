@@ -25,9 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import log, store
-from ..errors import StorageError
+from .. import flow, log, store, tokens
+from ..errors import BootstrapError, CredentialsRejected, StorageError
 from ..models import Retired, SavedRegistration
+from ..settings import Settings
+from ..wait import Deadline
 
 SECRET_GROUP = ("client_secret", "client_secret_expires_at", "client_secret_issued_at")
 _GROUPS = (SECRET_GROUP, ("registration_access_token",))
@@ -167,3 +169,41 @@ def check_readable(path: Path) -> SavedRegistration | None:
     except StorageError as exc:
         logger.warning("The Pod's credentials file is unreadable; the Secret decides", error=exc.line())
         return None
+
+
+async def settle_secret(
+    settings: Settings, deadline: Deadline, merged: SavedRegistration | None, local: SavedRegistration
+) -> SavedRegistration | None:
+    """Both sides changed the secret: the Secret's unless the server rejects it and accepts the file's."""
+    assert merged is not None
+    kept = store.backup(settings.dcr_client_file)  # neither secret is dropped: the file's stays beside it
+    if await _accepted(settings, deadline, merged) is False and await _accepted(settings, deadline, local):
+        merged = secret_group(local, merged)
+    logger.warning(
+        "This Pod's file and the Secret hold different secrets for the client; kept the one the server accepts",
+        client_id=merged.client_id,
+        backup=str(kept),
+    )
+    return merged
+
+
+async def _accepted(settings: Settings, deadline: Deadline, creds: SavedRegistration) -> bool | None:
+    """A client_credentials token request with these credentials (None: cannot be asked)."""
+    if creds.client_secret is None or not creds.token_endpoint or "client_credentials" not in settings.dcr_grant_types:
+        return None
+    try:
+        # Only to the configured server: the Secret's (or the file's) own issuer is not trusted with a secret.
+        async with flow.transport_for(settings, deadline) as transport:
+            await tokens.client_credentials(
+                transport,
+                creds.token_endpoint,
+                creds.client_id,
+                creds.client_secret.get_secret_value(),
+                auth_method=creds.token_endpoint_auth_method or settings.dcr_token_endpoint_auth_method,
+                scope=settings.dcr_scope,
+            )
+    except CredentialsRejected as exc:
+        return not exc.bad_credentials
+    except BootstrapError:
+        return None
+    return True

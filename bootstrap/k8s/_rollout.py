@@ -13,7 +13,8 @@ from typing import Any
 
 from .. import log
 from ..errors import StorageError
-from ..models import SavedRegistration
+from ..models import Retired, SavedRegistration
+from ..settings import Settings
 from ._store import ROLLOUT_ANNOTATION, KubeStore
 from ._values import dict_or_empty, int_or_none, text_or_none
 
@@ -107,3 +108,21 @@ async def roll_out(kube: KubeStore, deployment: str, current: SavedRegistration,
         )
         return
     logger.info("Rolled out the Deployment for the new credentials", deployment=where)
+
+
+async def hold(
+    settings: Settings, kube: KubeStore, current: SavedRegistration | None, retired: list[Retired]
+) -> tuple[list[Retired], list[Retired]]:
+    """(held, handed): with DCR_K8S_ROLLOUT, replaced registrations stay out of the Pod's file (so the flow
+    cannot delete them) until the Deployment has rolled out the current credentials."""
+    deployment = settings.dcr_k8s_rollout
+    if deployment is None or current is None or not retired:
+        return [], retired
+    if await completed(kube, deployment, current):
+        return [], retired
+    logger.info(
+        "Replaced registrations are kept until the Deployment has rolled out the current credentials",
+        deployment=f"{kube.namespace}/{deployment}",
+        clients=[r.registration.client_id for r in retired],
+    )
+    return retired, []

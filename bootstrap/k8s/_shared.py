@@ -10,11 +10,10 @@ import asyncio
 import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from .. import flow, lifecycle, log, store, tokens
-from ..errors import AmbiguousWrite, BootstrapError, CredentialsRejected, InvalidSecret, StorageError, StoreConflict
+from .. import flow, lifecycle, log, store
+from ..errors import AmbiguousWrite, BootstrapError, InvalidSecret, StorageError, StoreConflict
 from ..models import Retired, SavedRegistration
 from ..settings import Settings
 from ..wait import Deadline
@@ -31,8 +30,10 @@ logger = log.get_logger()
 async def run_shared(settings: Settings) -> flow.Outcome:
     """``flow.run`` with the workload's one registration kept in a Secret (``DCR_K8S_SECRET``).
 
-    Under the Lease (if configured, taken within DCR_WAIT_TIMEOUT): read the Secret, put its
-    registration into the credentials file so that ``flow.run`` reloads and checks it instead of
+    Under the Lease (if configured, taken within DCR_WAIT_TIMEOUT): read the Secret (a registration
+    that fails validation is set aside under a timestamped key: ``_aside``), reconcile it with the
+    Pod's file (``_reconcile``: the newer side wins, and the file's newer state is written to the
+    Secret before anything is loaded from it), so that ``flow.run`` reloads and checks it instead of
     registering, run the flow, and write what it produced back to the Secret with the
     ``resourceVersion`` read whenever it changed (RFC 7592 lets the server rotate the registration
     access token on any call; Keycloak does on every update). On a 409, or a write whose answer was
@@ -202,8 +203,8 @@ async def _synced(
     grace_end = lifecycle.now() + int(settings.dcr_rotate_grace)
     plan = _reconcile.decide(local, shared, _reconcile.load_base(path), (store.load_retired(path), theirs), grace_end)
     if plan.candidate is not None:
-        plan.registration = await _settle_secret(settings, deadline, plan.registration, plan.candidate, path)
-    held, handed = await _hold(settings, kube, plan.registration, plan.retired)
+        plan.registration = await _reconcile.settle_secret(settings, deadline, plan.registration, plan.candidate)
+    held, handed = await _rollout.hold(settings, kube, plan.registration, plan.retired)
     if shared is not None and not plan.publish and _written_meanwhile(settings, before, version, shared):
         # The holder we waited for wrote it moments ago, after checking it with the server.
         await _write_local(settings, kube, shared, deadline, handed)
@@ -240,62 +241,6 @@ def _explain(kube: KubeStore, plan: _reconcile.Plan, local: SavedRegistration | 
         )
     elif plan.registration is not None and plan.registration is not local:
         logger.info("Loaded registration from Secret", client_id=plan.registration.client_id, secret=kube.name)
-
-
-async def _settle_secret(
-    settings: Settings, deadline: Deadline, merged: SavedRegistration | None, local: SavedRegistration, path: Path
-) -> SavedRegistration | None:
-    """Both sides changed the secret: the Secret's unless the server rejects it and accepts the file's."""
-    assert merged is not None
-    kept = store.backup(path)  # neither secret is dropped: the file's stays beside it
-    if await _accepted(settings, deadline, merged) is False and await _accepted(settings, deadline, local):
-        merged = _reconcile.secret_group(local, merged)
-    logger.warning(
-        "This Pod's file and the Secret hold different secrets for the client; kept the one the server accepts",
-        client_id=merged.client_id,
-        backup=str(kept),
-    )
-    return merged
-
-
-async def _accepted(settings: Settings, deadline: Deadline, creds: SavedRegistration) -> bool | None:
-    """A client_credentials token request with these credentials (None: cannot be asked)."""
-    if creds.client_secret is None or not creds.token_endpoint or "client_credentials" not in settings.dcr_grant_types:
-        return None
-    try:
-        # Only to the configured server: the Secret's (or the file's) own issuer is not trusted with a secret.
-        async with flow.transport_for(settings, deadline) as transport:
-            await tokens.client_credentials(
-                transport,
-                creds.token_endpoint,
-                creds.client_id,
-                creds.client_secret.get_secret_value(),
-                auth_method=creds.token_endpoint_auth_method or settings.dcr_token_endpoint_auth_method,
-                scope=settings.dcr_scope,
-            )
-    except CredentialsRejected as exc:
-        return not exc.bad_credentials
-    except BootstrapError:
-        return None
-    return True
-
-
-async def _hold(
-    settings: Settings, kube: KubeStore, current: SavedRegistration | None, retired: list[Retired]
-) -> tuple[list[Retired], list[Retired]]:
-    """(held, handed): with DCR_K8S_ROLLOUT, replaced registrations stay out of the Pod's file (so the flow
-    cannot delete them) until the Deployment has rolled out the current credentials."""
-    deployment = settings.dcr_k8s_rollout
-    if deployment is None or current is None or not retired:
-        return [], retired
-    if await _rollout.completed(kube, deployment, current):
-        return [], retired
-    logger.info(
-        "Replaced registrations are kept until the Deployment has rolled out the current credentials",
-        deployment=f"{kube.namespace}/{deployment}",
-        clients=[r.registration.client_id for r in retired],
-    )
-    return retired, []
 
 
 def _document(registration: SavedRegistration, retired: list[Retired]) -> dict[str, Any]:
