@@ -241,3 +241,19 @@ async def test_a_secret_key_of_the_wrong_shape_is_set_aside(
     (kept,) = (key for key in _secret_obj(kube)["data"] if key.startswith(f"{DATA_KEY}.broken-"))
     assert kept in capsys.readouterr().err
     consistent(server, kube)
+
+
+async def test_a_deployment_the_role_cannot_read_is_still_rolled_for_credentials_the_run_changed(
+    server: FakeServer, kube: FakeKube, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without RBAC 'get' on the Deployment (403), a renewal still patches its pod template, as before."""
+    server.secret_lifetime, server.rotate_on_update = 3600, True
+    kube.put_deployment()
+    await k8s.run_shared(shared_settings(server, kube, tmp_path, monkeypatch, dcr_k8s_rollout="app"))
+    kube.trick("GET deployment", answer(403, b'{"kind": "Status", "message": "forbidden"}'))
+    renewed = await k8s.run_shared(
+        shared_settings(server, kube, tmp_path, monkeypatch, dcr_renew_before="2h", dcr_k8s_rollout="app")
+    )
+    assert renewed.action == "renewed"
+    annotations = kube.deployment()["spec"]["template"]["metadata"].get("annotations") or {}
+    assert annotations.get(ROLLOUT_ANNOTATION) == credentials_digest(renewed.registration)
