@@ -134,17 +134,17 @@ async def test_a_replaced_client_waits_for_the_completed_rollout_and_a_lost_anno
         assert replaced.action == "replaced"
         digest = credentials_digest(replaced.registration)
         assert _template_digest(kube, namespace) == digest
-        patch = {"spec": {"template": {"metadata": {"annotations": {ROLLOUT_ANNOTATION: "overwritten"}}}}}
-        path = f"/apis/apps/v1/namespaces/{namespace}/deployments/mcp-server"
-        kube.request("PATCH", path, patch)  # e.g. a re-apply of the manifest
-        _report(kube, namespace, replicas=3, updatedReplicas=1, availableReplicas=1)
+        overwritten = _deployment(kube, namespace)  # e.g. by a re-apply of the manifest
+        overwritten["spec"]["template"]["metadata"]["annotations"] = {ROLLOUT_ANNOTATION: "overwritten"}
+        kube.request("PUT", f"/apis/apps/v1/namespaces/{namespace}/deployments/mcp-server", overwritten)
+        _report(kube, namespace, replicas=3, updatedReplicas=1, readyReplicas=1, availableReplicas=1)
         later = lifecycle.now() + 900  # past the grace
         monkeypatch.setattr(lifecycle, "now", lambda: later)
         settings = settings_for(server, tmp_path / "pod-c", **values)
         await run_shared(settings)
         assert _template_digest(kube, namespace) == digest
         assert first.registration.client_id in server.clients  # old replicas still run on it
-        _report(kube, namespace, replicas=2, updatedReplicas=2, availableReplicas=2)
+        _report(kube, namespace, replicas=2, updatedReplicas=2, readyReplicas=2, availableReplicas=2)
         await run_shared(settings)
         assert set(server.clients) == {replaced.registration.client_id}
 
