@@ -48,6 +48,22 @@ def register_basic(client_id: str, secret: str | SecretLike | None) -> None:
         _known.update(_encoded(pair.encode()))
 
 
+def register_embedded(*values: str | SecretLike | None) -> None:
+    """Secrets that travel inside a larger base64 value (a Kubernetes Secret's data): at any byte offset
+    the secret's bytes encode to one of three character runs, whatever surrounds them; each is masked."""
+    for value in map(_plain, values):
+        if not value or len(value) < MIN_LENGTH:
+            continue
+        data = value.encode()
+        for shift in range(3):
+            # Pad in front to the alignment; keep only the characters that encode the secret's bytes alone.
+            start, end = (shift * 8 + 5) // 6, (shift + len(data)) * 8 // 6
+            for form in (base64.b64encode(b"\0" * shift + data), base64.urlsafe_b64encode(b"\0" * shift + data)):
+                inner = form.decode()[start:end]
+                if len(inner) >= MIN_LENGTH:
+                    _known.add(inner)
+
+
 def mask(text: str) -> str:
     """``text`` with every registered secret (in every registered form) replaced by MASK."""
     for secret in sorted(_known, key=len, reverse=True):

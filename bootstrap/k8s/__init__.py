@@ -13,6 +13,9 @@ generated client of the whole API. By layer, each module using only the ones abo
     _client   KubeClient: one request with its retries and checks; nothing but BootstrapError leaves it
     _lease    LeaseLock: leader election as client-go does it (unique holder, our own clock)
     _store    KubeStore: the Secret (and the Deployment to roll), holding the LeaseLock
+    _reconcile  the Pod's file against the Secret: a three-way merge, newer state never replaced by older
+    _aside    a Secret's broken registration set aside under a timestamped key, not obeyed
+    _rollout  DCR_K8S_ROLLOUT, level-triggered, and the completed roll-out a retirement waits for
     _shared   run_shared: flow.run under the Lease, with the Secret as the workload's truth
 """
 
@@ -20,7 +23,8 @@ from ..errors import AmbiguousWrite, InvalidSecret, LeaseLost, LockTimeout, Stor
 from ._client import KubeClient
 from ._config import SERVICE_ACCOUNT_DIR, KubeApi, check_name
 from ._lease import LEASE_DURATION, RENEW_DEADLINE, RETRY_PERIOD, LeaseLock, holder_identity
-from ._shared import credentials_digest, run_shared
+from ._rollout import credentials_digest
+from ._shared import run_shared
 from ._store import DATA_KEY, RETIRED_KEY, ROLLOUT_ANNOTATION, KubeStore
 
 __all__ = [

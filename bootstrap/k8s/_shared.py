@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .. import flow, log, store
+from .. import flow, lifecycle, log, store
 from ..errors import AmbiguousWrite, BootstrapError, InvalidSecret, StorageError, StoreConflict
 from ..models import Retired, SavedRegistration
 from ..settings import Settings
 from ..wait import Deadline
-from ._store import DATA_KEY, RETIRED_KEY, KubeStore
+from . import _aside, _reconcile, _rollout
+from ._store import RETIRED_KEY, BrokenEntry, KubeStore
 
 # Rewrites of the Secret after 409s before giving up (each one re-reads and reconciles first).
 SECRET_WRITE_ATTEMPTS = 5
@@ -29,8 +30,10 @@ logger = log.get_logger()
 async def run_shared(settings: Settings) -> flow.Outcome:
     """``flow.run`` with the workload's one registration kept in a Secret (``DCR_K8S_SECRET``).
 
-    Under the Lease (if configured, taken within DCR_WAIT_TIMEOUT): read the Secret, put its
-    registration into the credentials file so that ``flow.run`` reloads and checks it instead of
+    Under the Lease (if configured, taken within DCR_WAIT_TIMEOUT): read the Secret (a registration
+    that fails validation is set aside under a timestamped key: ``_aside``), reconcile it with the
+    Pod's file (``_reconcile``: the newer side wins, and the file's newer state is written to the
+    Secret before anything is loaded from it), so that ``flow.run`` reloads and checks it instead of
     registering, run the flow, and write what it produced back to the Secret with the
     ``resourceVersion`` read whenever it changed (RFC 7592 lets the server rotate the registration
     access token on any call; Keycloak does on every update). On a 409, or a write whose answer was
@@ -107,23 +110,10 @@ async def _release(kube: KubeStore) -> None:
         logger.warning("Could not release the Lease", error=str(exc))
 
 
-def _parse(kube: KubeStore, data: dict[str, Any] | None) -> SavedRegistration | None:
-    if data is None:
-        return None
-    try:
-        shared = SavedRegistration.model_validate(data)
-    except ValueError:
-        raise InvalidSecret(
-            f"Secret {kube.name} key {DATA_KEY} is not a valid registration; fix or remove that key "
-            "(a new client is then registered) and run again."
-        ) from None
-    return shared  # its secrets are registered for masking by the model
-
-
 async def _write_local(
     settings: Settings,
     kube: KubeStore,
-    registration_: SavedRegistration,
+    registration_: SavedRegistration | None,
     deadline: Deadline,
     retired: list[Retired] | None = None,
 ) -> None:
@@ -132,7 +122,8 @@ async def _write_local(
     async with store.locked(path, deadline.remaining):
         _fence(kube)
         store.probe_writable(path, env_file)
-        store.save(path, registration_, env_file, settings.file_mode)
+        if registration_ is not None:
+            store.save(path, registration_, env_file, settings.file_mode)
         if retired is not None:
             store.save_retired(path, retired)
 
@@ -140,31 +131,130 @@ async def _write_local(
 async def _shared_run(
     settings: Settings, kube: KubeStore, deadline: Deadline, before: _Before | None = None
 ) -> flow.Outcome:
-    for attempt in (1, 2):
-        data, version = await kube.load()
-        shared = _parse(kube, data)
-        if shared is not None and _written_meanwhile(settings, before, version, shared):
-            # The holder we waited for wrote it moments ago, after checking it with the server.
-            await _write_local(settings, kube, shared, deadline, _retired_in(data))
-            logger.info("Loaded registration from Secret", client_id=shared.client_id, secret=kube.name, waited=True)
-            return flow.Outcome("reloaded", shared)
-        if shared is not None:
-            # The Secret is the workload's truth: its registration replaces whatever this Pod's file holds.
-            await _write_local(settings, kube, shared, deadline, _retired_in(data))
-            logger.info("Loaded registration from Secret", client_id=shared.client_id, secret=kube.name)
+    for attempt in range(1, SECRET_WRITE_ATTEMPTS + 1):
+        state = await _synced(settings, kube, deadline, before)
+        if state is None:
+            continue  # the Secret changed while we wrote it: read and reconcile again
+        if isinstance(state, flow.Outcome):
+            return state
         try:
             outcome = await _run_flow(settings, kube, deadline)
         except BootstrapError:
             # Without a Lease (or with a single-use initial access token) another Pod may have stored its
             # registration while ours failed: use it rather than fail.
-            if attempt == 1 and shared is None and await _filled_meanwhile(kube):
+            if attempt == 1 and state.shared is None and await _filled_meanwhile(kube):
                 logger.warning("Our run failed but another Pod has stored a registration; using it")
                 continue
             raise
-        published = await _publish(settings, kube, outcome, data, version, deadline)
-        await _roll_out(settings, kube, shared, published.registration)
+        published = await _publish(settings, kube, outcome, state.data, state.version, deadline, state.held)
+        if settings.dcr_k8s_rollout is not None:
+            await _roll_out(settings.dcr_k8s_rollout, kube, state, published.registration)
         return published
-    raise AssertionError("unreachable")
+    raise StorageError(
+        f"Secret {kube.name} kept changing while we wrote it ({SECRET_WRITE_ATTEMPTS} attempts); "
+        "check what else writes it, then run again."
+    )
+
+
+@dataclass
+class _State:
+    """The Secret as read (and reconciled with the Pod's file) before the flow."""
+
+    data: dict[str, Any] | None
+    version: str | None
+    shared: SavedRegistration | None
+    held: list[Retired]  # replaced registrations kept out of the Pod's file until the roll-out completed
+    set_aside: bool = False  # a broken registration was set aside: Pods may still run on its client
+
+
+async def _roll_out(deployment: str, kube: KubeStore, state: _State, current: SavedRegistration) -> None:
+    before = state.shared
+    first = before is None and not state.set_aside
+    changed = before is not None and _rollout.credentials_digest(before) != _rollout.credentials_digest(current)
+    await _rollout.roll_out(kube, deployment, current, first=first, changed=changed)
+
+
+async def _read(settings: Settings, kube: KubeStore) -> tuple[dict[str, Any] | None, str | None, list[Retired], bool]:
+    """The Secret's document, version and retired list, and whether a broken registration in it was set aside
+    first (see _aside)."""
+    for _ in range(SECRET_WRITE_ATTEMPTS):
+        try:
+            data, version = await kube.load()
+            _aside.parse(kube, data)
+            return data, version, _retired_in(data), False
+        except BrokenEntry as broken:
+            try:
+                retired, version = await _aside.set_aside(settings, kube, broken)
+            except StoreConflict:
+                continue
+            return None, version, retired, True
+    raise StorageError(f"Secret {kube.name} kept changing while we set its broken registration aside; run again.")
+
+
+async def _synced(
+    settings: Settings, kube: KubeStore, deadline: Deadline, before: _Before | None
+) -> _State | flow.Outcome | None:
+    """Reconcile the Pod's file with the Secret (see _reconcile): the newer side wins, and the Secret gets
+    the file's newer state before anything is loaded from it. None: the Secret changed meanwhile."""
+    data, version, theirs, aside = await _read(settings, kube)
+    shared = _aside.parse(kube, data)
+    path = settings.dcr_client_file
+    local = _reconcile.check_readable(path)
+    grace_end = lifecycle.now() + int(settings.dcr_rotate_grace)
+    plan = _reconcile.decide(local, shared, _reconcile.load_base(path), (store.load_retired(path), theirs), grace_end)
+    if plan.candidate is not None:
+        plan.registration = await _reconcile.settle_secret(settings, deadline, plan.registration, plan.candidate)
+    held, handed = await _rollout.hold(settings, kube, plan.registration, plan.retired)
+    if shared is not None and not plan.publish and _written_meanwhile(settings, before, version, shared):
+        # The holder we waited for wrote it moments ago, after checking it with the server.
+        await _write_local(settings, kube, shared, deadline, handed)
+        _reconcile.save_base(path, shared)
+        logger.info("Loaded registration from Secret", client_id=shared.client_id, secret=kube.name, waited=True)
+        return flow.Outcome("reloaded", shared)
+    _explain(kube, plan, local)
+    await _write_local(settings, kube, plan.registration, deadline, handed)
+    if plan.publish and plan.registration is not None:
+        try:
+            version = await _push(kube, plan.registration, [*handed, *held], version)
+        except StoreConflict:
+            return None
+        data = _document(plan.registration, [*handed, *held])
+    if plan.registration is not None and (plan.publish or shared is not None):
+        _reconcile.save_base(path, plan.registration)
+    return _State(data, version, shared if not plan.publish else plan.registration, held, aside)
+
+
+def _explain(kube: KubeStore, plan: _reconcile.Plan, local: SavedRegistration | None) -> None:
+    if plan.orphan is not None:
+        logger.warning(
+            "This Pod's file holds a client the Secret does not; it joins the replaced registrations and is "
+            "deleted after DCR_ROTATE_GRACE",
+            client_id=plan.orphan.client_id,
+            secret=kube.name,
+        )
+    elif plan.local_newer and plan.publish and local is not None:
+        logger.warning(
+            "This Pod's file is newer than the Secret (an earlier run could not write it); writing it to the "
+            "Secret before anything is loaded from it",
+            client_id=local.client_id,
+            secret=kube.name,
+        )
+    elif plan.registration is not None and plan.registration is not local:
+        logger.info("Loaded registration from Secret", client_id=plan.registration.client_id, secret=kube.name)
+
+
+def _document(registration: SavedRegistration, retired: list[Retired]) -> dict[str, Any]:
+    kept = _reconcile.union(retired, without=registration.client_id)
+    return registration.to_file() | ({RETIRED_KEY: [r.to_file() for r in kept]} if kept else {})
+
+
+async def _push(kube: KubeStore, registration: SavedRegistration, retired: list[Retired], version: str | None) -> str:
+    """Write the Pod's newer registration to the Secret before the flow; a 409 re-reads (StoreConflict)."""
+    _fence(kube)
+    try:
+        return await kube.save(_document(registration, retired), version)
+    except AmbiguousWrite:
+        raise StoreConflict(f"Secret {kube.name}: the write may not have landed") from None
 
 
 def _retired_in(data: dict[str, Any] | None) -> list[Retired]:
@@ -174,23 +264,6 @@ def _retired_in(data: dict[str, Any] | None) -> list[Retired]:
     except (ValueError, TypeError):
         logger.warning("The Secret's list of replaced registrations is unreadable; ignored")
         return []
-
-
-def credentials_digest(registration: SavedRegistration) -> str:
-    """A short hash of what the app uses (client id and secret): it changes with them and reveals neither."""
-    secret = registration.client_secret.get_secret_value() if registration.client_secret else ""
-    return hashlib.sha256(f"{registration.client_id}\0{secret}".encode()).hexdigest()[:16]
-
-
-async def _roll_out(
-    settings: Settings, kube: KubeStore, before: SavedRegistration | None, after: SavedRegistration
-) -> None:
-    """DCR_K8S_ROLLOUT: a Deployment whose Pods read the credentials at start is rolled when they change."""
-    deployment = settings.dcr_k8s_rollout
-    if deployment is None or before is None or credentials_digest(before) == credentials_digest(after):
-        return  # the first registration: the Pods starting now read it anyway
-    await kube.roll_out(deployment, credentials_digest(after))
-    logger.info("Rolled out the Deployment for the new credentials", deployment=f"{kube.namespace}/{deployment}")
 
 
 async def _run_flow(settings: Settings, kube: KubeStore, deadline: Deadline) -> flow.Outcome:
@@ -240,6 +313,7 @@ async def _publish(
     data: dict[str, Any] | None,
     version: str | None,
     deadline: Deadline,
+    held: Sequence[Retired] = (),
 ) -> flow.Outcome:
     """Write the run's registration to the Secret (create, or replace at ``version``); reconcile on 409.
 
@@ -247,8 +321,8 @@ async def _publish(
     our client (it landed), another one (theirs wins), or none (write again).
     """
     mine = outcome.registration
-    retired = store.load_retired(settings.dcr_client_file)
-    wanted = mine.to_file() | ({RETIRED_KEY: [r.to_file() for r in retired]} if retired else {})
+    # The replaced registrations held for the roll-out (``held``) go back in as they were read.
+    wanted = _document(mine, [*store.load_retired(settings.dcr_client_file), *held])
     fresh = outcome.action in ("registered", "replaced")  # a client this run created
     undo = (
         flow.withdraw_on_failure(lambda: _withdraw_unshared(settings, kube, mine), mine.client_id)
@@ -258,6 +332,7 @@ async def _publish(
     async with undo:
         for _ in range(SECRET_WRITE_ATTEMPTS):
             if wanted == data:
+                _reconcile.save_base(settings.dcr_client_file, mine)
                 return outcome
             _fence(kube)
             try:
@@ -266,11 +341,12 @@ async def _publish(
                 if isinstance(exc, AmbiguousWrite):
                     logger.warning("The Secret write may not have landed; re-reading it", reason=str(exc))
                 data, version = await kube.load()
-                theirs = _parse(kube, data)
+                theirs = _aside.parse(kube, data)
                 if theirs is None or theirs.client_id == mine.client_id:
                     # Emptied, or the same client: ours is the latest read of it, write it over the new version.
                     continue
                 return await _adopt(settings, kube, mine, theirs, fresh, deadline)
+            _reconcile.save_base(settings.dcr_client_file, mine)
             logger.info("Saved registration to Secret", client_id=mine.client_id, secret=kube.name)
             return outcome
         raise StorageError(
@@ -304,6 +380,7 @@ async def _adopt(
             secret=kube.name,
         )
     await _write_local(settings, kube, theirs, deadline)
+    _reconcile.save_base(settings.dcr_client_file, theirs)
     return flow.Outcome("reloaded", theirs)
 
 
@@ -338,7 +415,7 @@ async def _secret_holds(kube: KubeStore, new: SavedRegistration) -> bool | None:
     if not kube.secret_written:
         return False
     try:
-        stored = _parse(kube, (await asyncio.shield(kube.load(budget=flow.CLEANUP_TIMEOUT)))[0])
+        stored = _aside.parse(kube, (await asyncio.shield(kube.load(budget=flow.CLEANUP_TIMEOUT)))[0])
     except InvalidSecret:
         return False  # what it holds is unusable, so not the client we wrote
     except BootstrapError:

@@ -15,6 +15,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from .. import _secrets
 from .._http import json_object
 from ..errors import InvalidSecret, StoreConflict
 from ..wait import Deadline, RetryPolicy
@@ -29,6 +30,26 @@ DATA_KEY = "dcr_client.json"
 RETIRED_KEY = "retired"
 # The pod-template annotation that DCR_K8S_ROLLOUT sets: a change of its value rolls the Deployment out.
 ROLLOUT_ANNOTATION = "dcr-bootstrap/credentials-hash"
+# Where a registration that fails validation is kept for the operator, in the same Secret: KEY.broken-<time>.
+BROKEN_SUFFIX = ".broken-"
+
+
+class BrokenEntry(InvalidSecret):
+    """The Secret's registration key holds no valid registration: it is set aside, not obeyed."""
+
+    def __init__(self, message: str, document: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.document = document  # the JSON object, when the key held one
+
+
+def _secret_values(data: object) -> list[str]:
+    """The secret values of a registration document (and its retired ones) as we send it."""
+    if not isinstance(data, dict):
+        return []
+    found = [v for k in ("client_secret", "registration_access_token") if isinstance(v := data.get(k), str)]
+    for item in data.get(RETIRED_KEY) or []:
+        found += _secret_values(item.get("registration") if isinstance(item, dict) else None)
+    return found
 
 
 class KubeStore:
@@ -107,15 +128,21 @@ class KubeStore:
         except ValueError:  # not base64
             data = None
         if data is None:
-            raise InvalidSecret(
-                f"Secret {self.namespace}/{self.secret} key {DATA_KEY} is not valid JSON (a JSON object): "
-                "delete the key to register again"
-            )
+            raise BrokenEntry(f"Secret {self.namespace}/{self.secret} key {DATA_KEY} is not valid JSON (a JSON object)")
         return data
+
+    def encode(self, data: dict[str, Any]) -> str:
+        """The value of our key for ``data``, and every secret in it registered for masking in that form
+        first: an API server that echoes a refused request body (a 422's message) prints none of them."""
+        encoded = base64.b64encode(json.dumps(data, indent=2, sort_keys=False).encode() + b"\n").decode()
+        _secrets.register(*_secret_values(data))
+        _secrets.register_embedded(*_secret_values(data))
+        _secrets.register(encoded)
+        return encoded
 
     async def save(self, data: dict[str, Any], resource_version: str | None) -> str:
         """Create (rv None) or replace (rv given) the Secret; StoreConflict if someone else wrote first."""
-        encoded = base64.b64encode(json.dumps(data, indent=2, sort_keys=False).encode() + b"\n").decode()
+        encoded = self.encode(data)
         self.secret_written = True
         if resource_version is None:
             metadata = {"name": self.secret, "namespace": self.namespace, "labels": dict(MANAGED_BY)}
@@ -133,7 +160,24 @@ class KubeStore:
         self._secret_obj = obj
         return rv
 
-    def _updated(self, encoded: str, resource_version: str) -> dict[str, Any]:
+    async def set_aside(self, stamp: str) -> tuple[str, str]:
+        """Move our key's value, as last read, to ``KEY.broken-<stamp>`` in the same Secret (for the operator)
+        with the resourceVersion read. Returns the new key and version; a 409 is a ``StoreConflict``."""
+        kept = f"{DATA_KEY}{BROKEN_SUFFIX}{stamp}"
+        read = dict_or_empty((self._secret_obj or {}).get("metadata")).get("resourceVersion")
+        body = self._updated(None, str(read))
+        data = dict_or_empty(body.get("data"))
+        body["data"] = {k: v for k, v in data.items() if k != DATA_KEY} | {kept: data.get(DATA_KEY)}
+        _secrets.register(str(data.get(DATA_KEY)))  # sent again: an echo of it is masked whole
+        self.secret_written = True
+        status, answer = await self.client.call("PUT", "secret", self.secret, "update", body, accept=(404, 409))
+        if status in (404, 409):
+            raise StoreConflict(f"Secret {self.namespace}/{self.secret} changed since it was read")
+        rv = self.client.resource_version(answer, "secret", self.secret)
+        self._secret_obj = answer
+        return kept, rv
+
+    def _updated(self, encoded: str | None, resource_version: str) -> dict[str, Any]:
         """The Secret as last read with only our key changed: other keys, labels (a managed-by that Helm or
         another tool set is theirs: ours is added only where none is), annotations, ownerReferences and
         finalizers survive (a PUT replaces the whole object)."""
@@ -141,7 +185,7 @@ class KubeStore:
         obj.update(apiVersion="v1", kind="Secret")
         obj.setdefault("type", "Opaque")
         obj["metadata"] = kept_metadata(obj, self.secret, self.namespace, resource_version)
-        obj["data"] = {**dict_or_empty(obj.get("data")), DATA_KEY: encoded}
+        obj["data"] = {**dict_or_empty(obj.get("data")), **({DATA_KEY: encoded} if encoded is not None else {})}
         return obj
 
     async def roll_out(self, deployment: str, digest: str) -> None:
@@ -149,6 +193,18 @@ class KubeStore:
         check_name("Deployment", deployment)
         patch = {"spec": {"template": {"metadata": {"annotations": {ROLLOUT_ANNOTATION: digest}}}}}
         await self.client.call("PATCH", "deployment", deployment, "patch", patch)
+
+    async def mark(self, deployment: str, digest: str) -> None:
+        """Note on the Deployment itself (not its template: nothing rolls) the credentials its Pods started
+        with before any roll-out of ours: the first registration, which the Pods starting with it read."""
+        check_name("Deployment", deployment)
+        patch = {"metadata": {"annotations": {ROLLOUT_ANNOTATION: digest}}}
+        await self.client.call("PATCH", "deployment", deployment, "patch", patch)
+
+    async def deployment(self, deployment: str) -> dict[str, Any]:
+        """The Deployment as the API server has it (spec and status), to judge its roll-out."""
+        check_name("Deployment", deployment)
+        return (await self.client.call("GET", "deployment", deployment, "get"))[1]
 
     # The Lease, for callers that hold it by hand (tests, tools): ``run_shared`` uses ``lock`` itself.
 
