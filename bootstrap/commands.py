@@ -21,12 +21,13 @@ logger = log.get_logger()
 
 
 async def _run(settings: Settings, _: argparse.Namespace) -> flow.Outcome:
+    admin = keycloak.admin_for(settings)  # the server's admin API, as the one capability the flow may use
     if settings.dcr_k8s_secret:
         from . import k8s  # only when configured: the default path never imports it
 
-        outcome = await k8s.run_shared(settings)
+        outcome = await k8s.run_shared(settings, admin)
     else:
-        outcome = await flow.run(settings, admin=keycloak.admin_for(settings))
+        outcome = await flow.run(settings, admin=admin)
     logger.info(
         "Credentials written",
         path=str(settings.dcr_client_file),

@@ -322,8 +322,9 @@ class Settings(BaseSettings):
     )
     dcr_k8s_rollout: str | None = Field(
         None,
-        description="A Deployment (in the Secret's namespace) whose pod template gets a hash of the credentials "
-        "as an annotation when they change, so its Pods restart on the new ones (RBAC: patch on that "
+        description="A Deployment (in the Secret's namespace) whose pod template carries a hash of the Secret's "
+        "credentials as an annotation, patched whenever they differ, so its Pods restart on the new ones; a "
+        "replaced client is deleted only after its roll-out completed (RBAC: get and patch on that "
         "Deployment, by resourceNames).",
     )
     dcr_k8s_allow_http: bool = Field(

@@ -161,14 +161,15 @@ def test_shared_role_is_bound_to_the_pods_service_account_only() -> None:
     ]
 
 
-def test_rollout_adds_patch_on_the_release_deployment_alone() -> None:
-    """shared.rollout=true sets DCR_K8S_ROLLOUT to the Deployment and grants patch on that one name."""
+def test_rollout_adds_get_and_patch_on_the_release_deployment_alone() -> None:
+    """shared.rollout=true sets DCR_K8S_ROLLOUT to the Deployment and grants get and patch on that one name
+    (get: a replaced client is deleted only once the Deployment's roll-out completed)."""
     documents = render({"mode": "shared", "shared": {"rollout": True}})
     deployment = kinds(documents)["Deployment"]["metadata"]["name"]
     assert env_of(bootstrapper(documents))["DCR_K8S_ROLLOUT"] == deployment
     extra = [r for r in kinds(documents)["Role"]["rules"] if r["apiGroups"] == ["apps"]]
     assert extra == [
-        {"apiGroups": ["apps"], "resources": ["deployments"], "resourceNames": [deployment], "verbs": ["patch"]}
+        {"apiGroups": ["apps"], "resources": ["deployments"], "resourceNames": [deployment], "verbs": ["get", "patch"]}
     ]
 
 

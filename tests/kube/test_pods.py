@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from bootstrap import flow, k8s
-from bootstrap.k8s import _shared
+from bootstrap.k8s import _publish
 from bootstrap.settings import load_settings
 from bootstrap.wait import Deadline
 from harness.keycloak import Admin
@@ -186,7 +186,7 @@ async def test_a_pod_losing_the_secret_write_deletes_its_new_client_and_adopts_t
     kube = k8s.KubeStore.from_environment(SECRET, None)
     async with kube:
         # As if it had read the Secret while it was still empty, before the winner wrote it.
-        outcome = await _shared._publish(settings, kube, fresh, None, empty_version, Deadline(30))
+        outcome = await _publish.publish(settings, kube, fresh, None, empty_version, Deadline(30))
     assert outcome.registration.client_id == shared["client_id"]
     assert admin.count_clients(cluster.realm) == before
     assert fresh.registration.client_id not in {c["clientId"] for c in admin.clients(cluster.realm)}

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from bootstrap import lifecycle
+from bootstrap.commands import ROTATE_NOW
 from bootstrap.k8s import DATA_KEY, ROLLOUT_ANNOTATION, credentials_digest, run_shared
 from bootstrap.models import SavedRegistration
 from harness.kube import KubeServer
@@ -132,7 +133,7 @@ async def test_a_replaced_client_waits_for_the_completed_rollout_and_a_lost_anno
     async with serving(FakeServer(secret_lifetime=3600)) as server:
         first = await run_shared(settings_for(server, tmp_path / "pod-a", **values))
         assert _template_digest(kube, namespace) is None  # the first registration rolls nothing
-        replaced = await run_shared(settings_for(server, tmp_path / "pod-b", dcr_renew_before="2h", **values))
+        replaced = await run_shared(settings_for(server, tmp_path / "pod-b", dcr_rotate_after=ROTATE_NOW, **values))
         assert replaced.action == "replaced"
         digest = credentials_digest(replaced.registration)
         assert _template_digest(kube, namespace) == digest

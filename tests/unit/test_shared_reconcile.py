@@ -14,6 +14,7 @@ import pytest
 from aiohttp import web
 
 from bootstrap import flow, k8s, lifecycle, log
+from bootstrap.commands import ROTATE_NOW
 from bootstrap.errors import StorageError
 from bootstrap.k8s import DATA_KEY, ROLLOUT_ANNOTATION, credentials_digest
 from bootstrap.models import SavedRegistration
@@ -62,7 +63,7 @@ async def test_a_renewed_secret_the_secret_missed_is_published_and_no_client_is_
     first = await k8s.run_shared(settings)
     kube.trick("PUT secret", answer(403, b'{"kind": "Status", "message": "forbidden"}'))
     with pytest.raises(StorageError):
-        await k8s.run_shared(shared_settings(server, kube, tmp_path, monkeypatch, dcr_renew_before="2h"))
+        await k8s.run_shared(shared_settings(server, kube, tmp_path, monkeypatch, dcr_rotate_after=ROTATE_NOW))
     await k8s.run_shared(settings)
     shared = kube.shared()
     assert shared is not None and shared["client_id"] == first.registration.client_id
@@ -120,7 +121,7 @@ async def test_a_failed_rollout_patch_is_made_by_the_next_run(
     kube.trick("PATCH deployment", answer(403, b'{"kind": "Status", "message": "forbidden"}'))
     with contextlib.suppress(StorageError):
         await k8s.run_shared(
-            shared_settings(server, kube, tmp_path, monkeypatch, dcr_renew_before="2h", dcr_k8s_rollout="app")
+            shared_settings(server, kube, tmp_path, monkeypatch, dcr_rotate_after=ROTATE_NOW, dcr_k8s_rollout="app")
         )
     current = SavedRegistration.model_validate(kube.shared())
     await k8s.run_shared(settings)
@@ -140,7 +141,7 @@ async def test_a_replaced_client_is_deleted_only_after_the_rollout_completed(
     values: dict[str, Any] = {"dcr_k8s_rollout": "app", "dcr_rotate_grace": "10m"}
     first = await k8s.run_shared(shared_settings(server, kube, tmp_path / "pod-a", monkeypatch, **values))
     replaced = await k8s.run_shared(
-        shared_settings(server, kube, tmp_path / "pod-b", monkeypatch, dcr_renew_before="2h", **values)
+        shared_settings(server, kube, tmp_path / "pod-b", monkeypatch, dcr_rotate_after=ROTATE_NOW, **values)
     )
     assert replaced.action == "replaced"
     kube.settle(updatedReplicas=1, replicas=3)  # one new replica up, two old ones still on the old client
@@ -252,7 +253,7 @@ async def test_a_deployment_the_role_cannot_read_is_still_rolled_for_credentials
     await k8s.run_shared(shared_settings(server, kube, tmp_path, monkeypatch, dcr_k8s_rollout="app"))
     kube.trick("GET deployment", answer(403, b'{"kind": "Status", "message": "forbidden"}'))
     renewed = await k8s.run_shared(
-        shared_settings(server, kube, tmp_path, monkeypatch, dcr_renew_before="2h", dcr_k8s_rollout="app")
+        shared_settings(server, kube, tmp_path, monkeypatch, dcr_rotate_after=ROTATE_NOW, dcr_k8s_rollout="app")
     )
     assert renewed.action == "renewed"
     annotations = kube.deployment()["spec"]["template"]["metadata"].get("annotations") or {}
