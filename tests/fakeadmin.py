@@ -10,9 +10,7 @@ server), ``mint_error`` turns the mint into an error whose body the test writes.
 
 from __future__ import annotations
 
-import asyncio
 import secrets
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -21,7 +19,7 @@ from typing import Any
 from aiohttp import web
 
 from bootstrap.keycloak import AdminAccess
-from tests.fakeserver import FakeServer, serve_app
+from tests.fakeserver import FakeServer, app_in_thread
 
 REALM = "demo"
 PASSWORD = "admin-password-value"
@@ -87,23 +85,8 @@ class FakeAdmin:
 @contextmanager
 def admin_in_thread(fake: FakeAdmin) -> Iterator[FakeAdmin]:
     """The fake on a loop of its own, for a test whose main thread runs the CLI (``asyncio.run``)."""
-    loop = asyncio.new_event_loop()
-    up, stop = threading.Event(), asyncio.Event()
-
-    async def serve() -> None:
-        async with serve_app(fake.app()) as fake.base:
-            up.set()
-            await stop.wait()
-
-    thread = threading.Thread(target=loop.run_until_complete, args=(serve(),), daemon=True)
-    thread.start()
-    up.wait(10)
-    try:
+    with app_in_thread(fake.app()) as fake.base:
         yield fake
-    finally:
-        loop.call_soon_threadsafe(stop.set)
-        thread.join(10)
-        loop.close()
 
 
 @dataclass

@@ -206,13 +206,15 @@ async def serving(fake: FakeServer) -> AsyncIterator[FakeServer]:
 
 
 @contextmanager
-def serving_in_thread(fake: FakeServer) -> Iterator[FakeServer]:
-    """``serving`` on a loop of its own, for a test whose main thread runs the CLI (signals need it)."""
+def app_in_thread(app: web.Application) -> Iterator[str]:
+    """``serve_app`` on a loop of its own, for a test whose main thread runs the CLI (signals need it)."""
     loop = asyncio.new_event_loop()
     up, stop = threading.Event(), asyncio.Event()
+    base: list[str] = []
 
     async def serve() -> None:
-        async with serving(fake):
+        async with serve_app(app) as url:
+            base.append(url)
             up.set()
             await stop.wait()
 
@@ -220,8 +222,15 @@ def serving_in_thread(fake: FakeServer) -> Iterator[FakeServer]:
     thread.start()
     up.wait(10)
     try:
-        yield fake
+        yield base[0]
     finally:
         loop.call_soon_threadsafe(stop.set)
         thread.join(10)
         loop.close()
+
+
+@contextmanager
+def serving_in_thread(fake: FakeServer) -> Iterator[FakeServer]:
+    """``serving`` on a loop of its own, for a test whose main thread runs the CLI (signals need it)."""
+    with app_in_thread(fake.app()) as fake.base:
+        yield fake

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from bootstrap.hooks import BOOTSTRAP_ONLY  # wrap mode keeps the same names from the command
 from harness.keycloak import ROOT, free_port
 from tests.conftest import base_env
 
@@ -22,15 +23,6 @@ CHECK_ENV = (
     "== (d['client_id'], d['client_secret']) else 9)"
 )
 
-# What wrap mode keeps from the command (entrypoint.sh's list): the bootstrap's own secrets and their files.
-BOOTSTRAP_ONLY = (
-    "DCR_INITIAL_ACCESS_TOKEN",
-    "DCR_INITIAL_ACCESS_TOKEN_FILE",
-    "KEYCLOAK_ADMIN_USERNAME",
-    "KEYCLOAK_ADMIN_PASSWORD",
-    "KEYCLOAK_ADMIN_PASSWORD_FILE",
-    "KEYCLOAK_CLIENT_SECRET_FILE",
-)
 
 # Exits 8 naming (never showing) any of them that is still set, else checks the credentials as CHECK_ENV does.
 CHECK_STRIPPED = f"""

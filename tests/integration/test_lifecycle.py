@@ -5,16 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from harness.keycloak import ADMIN_USER, Admin, KeycloakServer, client_credentials_token
+from harness.keycloak import ADMIN_USER, Admin, KeycloakServer
 from tests.conftest import run_cli
-
-
-def _token_works(keycloak: KeycloakServer, realm: str, client_id: str, secret: str) -> bool:
-    try:
-        client_credentials_token(f"{keycloak.url}/realms/{realm}/protocol/openid-connect/token", client_id, secret)
-    except Exception:  # any refusal means "does not work"
-        return False
-    return True
+from tests.integration.rotation import check_regenerated, token_works
 
 
 def _written_action(stderr: str) -> str:
@@ -38,8 +31,8 @@ def test_a_secret_due_is_renewed_by_keycloaks_rotation_policy_and_the_old_one_ke
     new = json.loads(creds_file.read_text())
     assert _written_action(renewed.stderr) == "renewed"
     assert new["client_id"] == old["client_id"] and new["client_secret"] != old["client_secret"]
-    assert _token_works(keycloak, realm, new["client_id"], new["client_secret"])
-    assert _token_works(keycloak, realm, old["client_id"], old["client_secret"])  # the rotated secret's grace
+    assert token_works(keycloak, realm, new["client_id"], new["client_secret"])
+    assert token_works(keycloak, realm, old["client_id"], old["client_secret"])  # the rotated secret's grace
     assert [c["clientId"] for c in admin.clients(realm)].count(new["client_id"]) == 1
     renewed.assert_clean(old["client_secret"], new["client_secret"])
 
@@ -56,12 +49,9 @@ def test_rotate_with_admin_credentials_regenerates_the_secret_in_place(
         env | {"KEYCLOAK_ADMIN_USERNAME": ADMIN_USER, "KEYCLOAK_ADMIN_PASSWORD": keycloak.admin_password}, "rotate"
     )
     assert rotated.code == 0, rotated.last
-    new = json.loads(creds_file.read_text())
     assert _written_action(rotated.stderr) == "rotated"
-    assert new["client_id"] == old["client_id"] and new["client_secret"] != old["client_secret"]
-    assert new["client_secret"] == admin.client_secret(realm, new["client_id"])
-    assert _token_works(keycloak, realm, old["client_id"], old["client_secret"])
-    assert admin.count_clients(realm) == before
+    new = check_regenerated(keycloak, admin, realm, creds_file, old, before)
+    assert token_works(keycloak, realm, old["client_id"], old["client_secret"])  # its grace, by the policy
     rotated.assert_clean(old["client_secret"], new["client_secret"], keycloak.admin_password)
 
 
@@ -77,7 +67,7 @@ def test_rotate_without_admin_credentials_replaces_the_client_and_retires_the_ol
     assert rotated.code == 0, rotated.last
     new = json.loads(creds_file.read_text())
     assert _written_action(rotated.stderr) == "replaced" and new["client_id"] != old["client_id"]
-    assert _token_works(keycloak, realm, new["client_id"], new["client_secret"])
+    assert token_works(keycloak, realm, new["client_id"], new["client_secret"])
     settled = run_cli(env)
     assert settled.code == 0, settled.last
     assert admin.count_clients(realm) == before

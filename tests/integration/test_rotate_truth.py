@@ -7,21 +7,14 @@ import re
 from pathlib import Path
 
 from bootstrap.errors import ExitCode
-from harness.keycloak import ADMIN_USER, Admin, KeycloakServer, client_credentials_token
+from harness.keycloak import Admin, KeycloakServer
 from tests.conftest import run_cli
 from tests.fakeadmin import REALM, AdminFake
 from tests.fakeserver import serving_in_thread
+from tests.integration.rotation import admin_env, check_regenerated, token_works
 
 # A registration access token Keycloak never issued: RFC 7592 answers 401, the client itself lives on.
 LOST = "lost-registration-access-token"
-
-
-def _token_works(keycloak: KeycloakServer, realm: str, client_id: str, secret: str) -> bool:
-    try:
-        client_credentials_token(f"{keycloak.url}/realms/{realm}/protocol/openid-connect/token", client_id, secret)
-    except Exception:  # any refusal means "does not work"
-        return False
-    return True
 
 
 def _lose_management(creds_file: Path) -> dict[str, str]:
@@ -29,10 +22,6 @@ def _lose_management(creds_file: Path) -> dict[str, str]:
     saved = json.loads(creds_file.read_text())
     creds_file.write_text(json.dumps(saved | {"registration_access_token": LOST}))
     return dict(saved)
-
-
-def _admin_env(keycloak: KeycloakServer) -> dict[str, str]:
-    return {"KEYCLOAK_ADMIN_USERNAME": ADMIN_USER, "KEYCLOAK_ADMIN_PASSWORD": keycloak.admin_password}
 
 
 def test_rotate_with_rfc7592_management_lost_and_no_admin_credentials_exits_not_rotated(
@@ -45,7 +34,7 @@ def test_rotate_with_rfc7592_management_lost_and_no_admin_credentials_exits_not_
     assert rotated.code == ExitCode.NOT_ROTATED, rotated.last
     assert "was NOT rotated: its RFC 7592 management is lost (HTTP 401)" in str(rotated.last["event"])
     assert json.loads(creds_file.read_text())["client_secret"] == old["client_secret"]
-    assert _token_works(keycloak, realm, old["client_id"], old["client_secret"])
+    assert token_works(keycloak, realm, old["client_id"], old["client_secret"])
 
 
 def test_rotate_with_admin_credentials_regenerates_the_secret_when_rfc7592_management_is_lost(
@@ -55,13 +44,9 @@ def test_rotate_with_admin_credentials_regenerates_the_secret_when_rfc7592_manag
     assert run_cli(env).code == 0
     old = _lose_management(creds_file)
     before = admin.count_clients(realm)
-    rotated = run_cli(env | _admin_env(keycloak), "rotate")
+    rotated = run_cli(env | admin_env(keycloak), "rotate")
     assert rotated.code == 0, rotated.last
-    new = json.loads(creds_file.read_text())
-    assert new["client_id"] == old["client_id"] and new["client_secret"] != old["client_secret"]
-    assert new["client_secret"] == admin.client_secret(realm, new["client_id"])
-    assert _token_works(keycloak, realm, new["client_id"], new["client_secret"])
-    assert admin.count_clients(realm) == before
+    new = check_regenerated(keycloak, admin, realm, creds_file, old, before)
     rotated.assert_clean(old["client_secret"], new["client_secret"], keycloak.admin_password)
 
 
@@ -85,7 +70,7 @@ def test_a_regenerated_secret_with_a_line_break_is_refused_and_the_working_secre
     assert re.search(r"nothing was (saved|written)", str(rotated.last["event"]))
     kept = json.loads(creds_file.read_text())
     assert kept["client_id"] == old["client_id"] and kept["client_secret"] == old["client_secret"]
-    assert _token_works(keycloak, realm, kept["client_id"], kept["client_secret"])
+    assert token_works(keycloak, realm, kept["client_id"], kept["client_secret"])
 
 
 def test_delete_keeps_a_client_whose_management_is_lost_but_whose_credentials_work(
@@ -98,3 +83,15 @@ def test_delete_keeps_a_client_whose_management_is_lost_but_whose_credentials_wo
     assert deleted.code == ExitCode.NOT_DELETED, deleted.last
     assert f"client {old['client_id']} (RFC 7592 refused to delete it" in str(deleted.last["event"])
     assert creds_file.exists() and old["client_id"] in {c["clientId"] for c in admin.clients(realm)}
+
+
+def test_delete_with_admin_credentials_deletes_a_live_client_whose_management_is_lost(
+    keycloak: KeycloakServer, admin: Admin, realm: str, env: dict[str, str], creds_file: Path
+) -> None:
+    """RFC 7592 can no longer delete it, its credentials work: the admin capability deletes it; exit 0, file gone."""
+    assert run_cli(env).code == 0
+    old = _lose_management(creds_file)
+    deleted = run_cli(env | admin_env(keycloak), "delete")
+    assert deleted.code == 0, deleted.last
+    assert not creds_file.exists() and old["client_id"] not in {c["clientId"] for c in admin.clients(realm)}
+    assert not token_works(keycloak, realm, old["client_id"], old["client_secret"])

@@ -9,7 +9,7 @@ import pytest
 from aiohttp import ClientResponse
 from aioresponses import aioresponses
 
-from bootstrap import wait
+from bootstrap import lifecycle, wait
 from bootstrap.settings import Settings
 from tests.fakeserver import FakeServer, serving
 
@@ -93,3 +93,22 @@ def client_info(**overrides: object) -> dict[str, object]:
     }
     info.update(overrides)
     return info
+
+
+class Clock:
+    """The time the tool and the fake server see, moved only by the test (or the watch loop's fake sleeps)."""
+
+    def __init__(self) -> None:
+        self.at = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.at
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch, server: FakeServer) -> Clock:
+    moving = Clock()
+    monkeypatch.setattr(lifecycle, "now", lambda: int(moving()))
+    monkeypatch.setattr(lifecycle, "_clamped", set())  # each test is warned about a clamp afresh
+    server.now = moving
+    return moving

@@ -21,6 +21,7 @@ from bootstrap.models import SavedRegistration
 from bootstrap.settings import load_settings
 from tests.fakeserver import FakeServer, saved, serving, serving_in_thread, settings_for
 from tests.faults import FaultAt, Injected
+from tests.unit.conftest import Clock
 
 
 def _mode(path: Path) -> int:
@@ -187,24 +188,6 @@ def test_setup_on_a_dotenv_set_up_already_changes_nothing(tmp_path: Path, monkey
 
 
 # --- expiry and rotation ---
-
-
-class Clock:
-    """The time both the tool and the fake server see; moved by the test, never slept on."""
-
-    def __init__(self) -> None:
-        self.at = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.at
-
-
-@pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch, server: FakeServer) -> Clock:
-    moving = Clock()
-    monkeypatch.setattr(lifecycle, "now", lambda: int(moving()))
-    server.now = moving
-    return moving
 
 
 async def test_a_secret_that_never_expires_is_only_reloaded(server: FakeServer, tmp_path: Path, clock: Clock) -> None:

@@ -6,7 +6,6 @@ import argparse
 import asyncio
 from pathlib import Path
 
-import pytest
 from pydantic import SecretStr
 from structlog.testing import capture_logs
 
@@ -14,27 +13,9 @@ from bootstrap import commands, flow, lifecycle
 from bootstrap.models import SavedRegistration
 from bootstrap.settings import Settings
 from tests.fakeserver import FakeServer, settings_for
+from tests.unit.conftest import Clock
 
 T0 = 1_800_000_000
-
-
-class Clock:
-    """The time the tool and the server see; moved only by the watch loop's (fake) sleeps."""
-
-    def __init__(self) -> None:
-        self.at = float(T0)
-
-    def __call__(self) -> float:
-        return self.at
-
-
-@pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch, server: FakeServer) -> Clock:
-    moving = Clock()
-    monkeypatch.setattr(lifecycle, "now", lambda: int(moving()))
-    monkeypatch.setattr(lifecycle, "_clamped", set())
-    server.now = moving
-    return moving
 
 
 async def _watch_rounds(settings: Settings, clock: Clock, rounds: int) -> list[float]:
