@@ -358,6 +358,21 @@ class Admin:
         )
         return self.client_secret(realm, client_id)
 
+    def caller_token(self, realm: str, caller: str, audience: str) -> str:
+        """A token of client ``caller`` (created if missing) whose audience names ``audience``.
+
+        A server that introspects tokens with its own client needs to be in their audience (Keycloak 26.7).
+        """
+        try:
+            secret = self.client_secret(realm, caller)
+        except AdminError:
+            secret = self.create_confidential_client(realm, caller)
+        mappers = self.client(realm, caller).get("protocolMappers", [])
+        if not any(m.get("config", {}).get("included.client.audience") == audience for m in mappers):
+            self.add_audience_mapper(realm, caller, audience)
+        token_endpoint = f"{self.base_url}/realms/{realm}/protocol/openid-connect/token"
+        return str(client_credentials_token(token_endpoint, caller, secret)["access_token"])
+
 
 def client_credentials_token(token_endpoint: str, client_id: str, client_secret: str) -> dict[str, Any]:
     """An independent check that credentials work (urllib, not the tool's own code), by client_secret_basic."""
