@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.cli import printing, run_command
 from harness.process import HarnessError, answers_200, await_ready, log_tail, spawn, stop_group
 
 KEYCLOAK_VERSION = os.environ.get("KEYCLOAK_VERSION", "26.7.3")
@@ -392,16 +393,7 @@ def client_credentials_token(token_endpoint: str, client_id: str, client_secret:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m harness.keycloak fetch``: fetch and unpack the distribution (used by scripts/setup.sh)."""
-    args = sys.argv[1:] if argv is None else argv
-    if args != ["fetch"]:
-        print("usage: python -m harness.keycloak fetch", file=sys.stderr)
-        return 2
-    try:
-        print(ensure_distribution())
-    except HarnessError as exc:
-        print(f"[keycloak-harness] {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return run_command("keycloak", {"fetch": printing(ensure_distribution)}, "fetch", argv)
 
 
 if __name__ == "__main__":
