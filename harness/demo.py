@@ -88,6 +88,13 @@ class _Demo:
         self.shown.secrets.append(str(answer["access_token"]))
         print(f"token_type={answer['token_type']} expires_in={answer['expires_in']} access_token=**********")
 
+    def caller(self, audience: str) -> str:
+        """A caller client's token, with the server's client in its audience (introspection needs it)."""
+        token = self.admin.caller_token(self.realm, CALLER, audience)
+        self.shown.secrets += [token, self.admin.client_secret(self.realm, CALLER)]
+        _step(f"Caller client '{CALLER}' created (service account; audience: {audience}); its token: **********")
+        return token
+
     def serve_and_call(self, example: ExampleServer, caller_token: str) -> None:
         _step(f"Starting the unmodified example MCP server against {self.creds.name}")
         example.start()
@@ -155,8 +162,7 @@ def bring_up(server: KeycloakServer, realm_name: str = "mcp", workdir: Path | No
         demo.register()
         demo.prove()
         client_id = demo.saved()["client_id"]
-        caller_token = admin.caller_token(realm, CALLER, audience=client_id)
-        demo.shown.secrets += [caller_token, admin.client_secret(realm, CALLER)]
+        caller_token = demo.caller(client_id)
         example = ExampleServer(python, demo.creds, server.url, realm, demo.workdir / "example-server.log")
         demo.serve_and_call(example, caller_token)
         demo.reload()

@@ -98,7 +98,7 @@ class ExampleServer:
     def url(self) -> str:
         return f"http://{LOOPBACK}:{self.port}/mcp"
 
-    def start(self, timeout: float = 60.0) -> ExampleServer:
+    def start(self, timeout: float = 180.0) -> ExampleServer:
         """Start it and wait until it has proven its credentials and refuses a call without a token."""
         env = {
             "PATH": "/usr/bin:/bin",
