@@ -95,8 +95,8 @@ class _Demo:
         _step(f"Caller client '{CALLER}' created (service account; audience: {audience}); its token: **********")
         return token
 
-    def serve_and_call(self, example: ExampleServer, caller_token: str) -> None:
-        _step(f"Starting the unmodified example MCP server against {self.creds.name}")
+    def serve_and_call(self, example: ExampleServer, caller_token: str, title: str) -> None:
+        _step(title)
         example.start()
         try:
             print(f"server log: {example.accepted_line()}")
@@ -164,9 +164,9 @@ def bring_up(server: KeycloakServer, realm_name: str = "mcp", workdir: Path | No
         client_id = demo.saved()["client_id"]
         caller_token = demo.caller(client_id)
         example = ExampleServer(python, demo.creds, server.url, realm, demo.workdir / "example-server.log")
-        demo.serve_and_call(example, caller_token)
+        demo.serve_and_call(example, caller_token, f"Starting the unmodified example MCP server against {demo.creds}")
         demo.reload()
-        demo.serve_and_call(example, caller_token)
+        demo.serve_and_call(example, caller_token, "Starting the example MCP server again (after the restart)")
         _step(
             f"OK: client {client_id} registered, proven, served the MCP call, and was reused on restart. "
             f"Keycloak started in {server.startup_seconds:.1f}s using {server.rss_mib:.0f} MiB."
