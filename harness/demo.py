@@ -24,6 +24,7 @@ from typing import Any
 from bootstrap import store
 from harness.example_server import ExampleServer, ensure_env, list_tools
 from harness.keycloak import Admin, KeycloakServer, client_credentials_token
+from harness.process import HarnessError
 
 CALLER = "mcp-caller"
 
@@ -143,13 +144,17 @@ def _requests_of(output: str) -> list[str]:
 
 def main() -> int:
     _step("Starting Keycloak (official distribution, loopback only)")
-    server = KeycloakServer().start()
     try:
-        bring_up(server)
-        return 0
-    finally:
-        _step("Stopping Keycloak")
-        server.stop()
+        server = KeycloakServer().start()
+        try:
+            bring_up(server)
+        finally:
+            _step("Stopping Keycloak")
+            server.stop()
+    except HarnessError as exc:
+        print(f"demo: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def bring_up(server: KeycloakServer, realm_name: str = "mcp", workdir: Path | None = None) -> Shown:
