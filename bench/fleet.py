@@ -18,7 +18,7 @@ import json
 import os
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -73,47 +73,77 @@ class Fleet:
         return median([float(r) for r in self.requests])
 
 
-async def run(
-    *,
-    tree: Tree,
-    shared: bool,
-    replicas: int,
-    keycloak_url: str,
-    keycloak_port: int,
-    admin: Admin,
-    work: Path,
-    wait_timeout: float = 600.0,
-) -> Fleet:
-    result = Fleet(tree.label, shared, replicas)
-    realm = await asyncio.to_thread(admin.create_realm)
-    token = await asyncio.to_thread(admin.mint_initial_access_token, realm, count=replicas + 20, expiration=3600)
-    clients_before = await asyncio.to_thread(admin.count_clients, realm)
-    proxies = [Proxy(keycloak_port, rewrite_host=True) for _ in range(1 if shared else replicas)]
-    for proxy in proxies:
-        await proxy.start()
-    kind = "shared" if shared else "own"
-    root = work / f"fleet-{tree.label}-{kind}"
-    lock_log = root / "locks.jsonl"
-    env = tree.env(base_env(work)) | {
-        "KEYCLOAK_URL": keycloak_url,
-        "KEYCLOAK_REALM": realm,
-        "DCR_INITIAL_ACCESS_TOKEN": token,
-        "DCR_WAIT_TIMEOUT": str(wait_timeout),
+@dataclass(frozen=True)
+class Target:
+    """What a fleet runs against: Keycloak (its URL; its port, for the counting proxies; its admin API)."""
+
+    keycloak_url: str
+    keycloak_port: int
+    admin: Admin
+    work: Path
+    wait_timeout: float = 600.0
+
+
+@dataclass(frozen=True)
+class Realm:
+    """A fleet's own realm, a multi-use initial access token of it, and the clients it held at the start."""
+
+    name: str
+    token: str
+    clients_before: int
+
+
+@contextlib.asynccontextmanager
+async def fresh_realm(admin: Admin, replicas: int) -> AsyncIterator[Realm]:
+    """A realm for one fleet, deleted afterwards."""
+    name = await asyncio.to_thread(admin.create_realm)
+    try:
+        # Multi-use, so a second registration would show as a second client rather than as a refusal.
+        token = await asyncio.to_thread(admin.mint_initial_access_token, name, count=replicas + 20, expiration=3600)
+        yield Realm(name, token, await asyncio.to_thread(admin.count_clients, name))
+    finally:
+        await asyncio.to_thread(admin.delete_realm, name)
+
+
+def run_env(tree: Tree, target: Target, realm: Realm, lock_log: Path) -> dict[str, str]:
+    """The environment every replica of a fleet shares."""
+    return tree.env(base_env(target.work)) | {
+        "KEYCLOAK_URL": target.keycloak_url,
+        "KEYCLOAK_REALM": realm.name,
+        "DCR_INITIAL_ACCESS_TOKEN": realm.token,
+        "DCR_WAIT_TIMEOUT": str(target.wait_timeout),
         "DCR_LOG_FORMAT": "json",
         "BENCH_LOCK_LOG": str(lock_log),
     }
-    jobs = _jobs(tree, shared, replicas, root, env, proxies)
-    await release_and_wait(result, jobs, wait_timeout + 60)
-    for proxy in proxies:
-        await proxy.close()
-        result.requests.append(len(proxy.requests))
-    result.what = request_kinds(r for proxy in proxies for r in proxy.requests)
+
+
+async def tally(result: Fleet, jobs: list[Job], target: Target, realm: Realm) -> set[str]:
+    """What the runs said they did and left behind: clients in Keycloak; the client ids in their files."""
     result.actions = written_actions(job.log_path for job in jobs)
-    result.clients_created = await asyncio.to_thread(admin.count_clients, realm) - clients_before
-    result.distinct_client_ids = len(client_ids({job.folder for job in jobs}))
-    if shared and lock_log.exists():
-        read_lock_times(result, lock_log, "folder")
-    await asyncio.to_thread(admin.delete_realm, realm)
+    result.clients_created = await asyncio.to_thread(target.admin.count_clients, realm.name) - realm.clients_before
+    in_files = client_ids({job.folder for job in jobs})
+    result.distinct_client_ids = len(in_files)
+    return in_files
+
+
+async def run(tree: Tree, shared: bool, replicas: int, target: Target) -> Fleet:
+    result = Fleet(tree.label, shared, replicas)
+    kind = "shared" if shared else "own"
+    root = target.work / f"fleet-{tree.label}-{kind}"
+    lock_log = root / "locks.jsonl"
+    async with fresh_realm(target.admin, replicas) as realm:
+        proxies = [Proxy(target.keycloak_port, rewrite_host=True) for _ in range(1 if shared else replicas)]
+        for proxy in proxies:
+            await proxy.start()
+        jobs = _jobs(tree, shared, replicas, root, run_env(tree, target, realm, lock_log), proxies)
+        await release_and_wait(result, jobs, target.wait_timeout + 60)
+        for proxy in proxies:
+            await proxy.close()
+            result.requests.append(len(proxy.requests))
+        result.what = request_kinds(r for proxy in proxies for r in proxy.requests)
+        await tally(result, jobs, target, realm)
+        if shared and lock_log.exists():
+            read_lock_times(result, lock_log, "folder")
     log(
         f"fleet {tree.label} {kind}: {result.ok}/{replicas} ok, "
         f"{result.clients_created} clients, total {result.total:.1f}s"

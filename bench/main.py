@@ -143,6 +143,10 @@ class _Bench:
     peers: Peers
     work: Path
 
+    def target(self) -> fleet.Target:
+        """What a fleet (or the Pods) runs against: this Keycloak, with an admin API of its own."""
+        return fleet.Target(self.server.url, self.server.http_port, self.server.admin(), self.work)
+
     @classmethod
     async def start(cls, server: KeycloakServer, args: argparse.Namespace, results: Results) -> _Bench:
         """Unpack "before", install the node peer and wait for Keycloak (noting versions and its startup)."""
@@ -253,17 +257,7 @@ async def _fleet(bench: _Bench, results: Results) -> None:
             # The fleet raises the load itself: note it before each of its runs.
             results.loads[f"fleet {tree.label} {'shared' if shared else 'own'}"] = os.getloadavg()
             log(f"fleet: {replicas} x {tree.label}, {'one shared folder' if shared else 'own folders'}")
-            results.fleets.append(
-                await fleet.run(
-                    tree=tree,
-                    shared=shared,
-                    replicas=replicas,
-                    keycloak_url=bench.server.url,
-                    keycloak_port=bench.server.http_port,
-                    admin=bench.server.admin(),
-                    work=bench.work,
-                )
-            )
+            results.fleets.append(await fleet.run(tree, shared, replicas, bench.target()))
 
 
 async def _pods(bench: _Bench, results: Results) -> None:
@@ -273,17 +267,7 @@ async def _pods(bench: _Bench, results: Results) -> None:
         for tree in bench.trees:
             results.loads[f"pods {tree.label}"] = os.getloadavg()
             log(f"pods: {bench.args.pods} x {tree.label} on one Secret, under one Lease")
-            results.pods.append(
-                await pods.run(
-                    tree=tree,
-                    replicas=bench.args.pods,
-                    kube=kube,
-                    keycloak_url=bench.server.url,
-                    keycloak_port=bench.server.http_port,
-                    admin=bench.server.admin(),
-                    work=bench.work,
-                )
-            )
+            results.pods.append(await pods.run(tree, bench.args.pods, kube, bench.target()))
     finally:
         await asyncio.to_thread(kube.stop)
 

@@ -23,11 +23,10 @@ from pathlib import Path
 
 import yaml
 
-from harness.keycloak import Admin
 from harness.kube import KubeServer, ensure_binaries
 
-from .common import BENCH, PYTHON, ROOT, Tree, base_env, log
-from .fleet import Fleet, Job, client_ids, read_lock_times, release_and_wait, request_kinds, written_actions
+from .common import BENCH, PYTHON, ROOT, Tree, log
+from .fleet import Fleet, Job, Target, fresh_realm, read_lock_times, release_and_wait, request_kinds, run_env, tally
 from .proxy import Proxy
 
 SHARED_MANIFEST = ROOT / "deploy" / "k8s" / "shared-secret.yaml"
@@ -56,56 +55,33 @@ def _secret_client_id(kube: KubeServer, namespace: str) -> str | None:
     return str(json.loads(base64.b64decode(raw))["client_id"]) if raw else None
 
 
-async def run(
-    *,
-    tree: Tree,
-    replicas: int,
-    kube: KubeServer,
-    keycloak_url: str,
-    keycloak_port: int,
-    admin: Admin,
-    work: Path,
-    wait_timeout: float = 600.0,
-) -> Fleet:
+async def run(tree: Tree, replicas: int, kube: KubeServer, target: Target) -> Fleet:
     result = Fleet(tree.label, shared=True, replicas=replicas)
-    root = work / f"pods-{tree.label}"
+    root = target.work / f"pods-{tree.label}"
     root.mkdir(parents=True)
     namespace = f"bench-{tree.label}-{uuid.uuid4().hex[:6]}"
     await asyncio.to_thread(kube.create_namespace, namespace)
     await asyncio.to_thread(_apply_manifest, kube, namespace, root)
-    realm = await asyncio.to_thread(admin.create_realm)
-    # Multi-use, so a second registration would show as a second client rather than as a refusal.
-    token = await asyncio.to_thread(admin.mint_initial_access_token, realm, count=replicas + 20, expiration=3600)
-    clients_before = await asyncio.to_thread(admin.count_clients, realm)
-    proxy = await Proxy(keycloak_port, rewrite_host=True).start()
-    lock_log = root / "locks.jsonl"
-    env = tree.env(base_env(work)) | {
-        "KEYCLOAK_URL": keycloak_url,
-        "DCR_INTERNAL_URL": proxy.url,
-        "KEYCLOAK_REALM": realm,
-        "DCR_INITIAL_ACCESS_TOKEN": token,
-        "DCR_CLIENT_NAME": "mcp-server",
-        "DCR_K8S_SECRET": SECRET,
-        "DCR_K8S_LEASE": LEASE,
-        "DCR_WAIT_TIMEOUT": str(wait_timeout),
-        "DCR_LOG_FORMAT": "json",
-        "BENCH_LOCK_LOG": str(lock_log),
-    }
-    jobs = [await asyncio.to_thread(_pod, kube, namespace, root, env, i) for i in range(replicas)]
-    await release_and_wait(result, jobs, wait_timeout + 60)
-    await proxy.close()
-    result.requests = [len(proxy.requests)]
-    result.what = request_kinds(proxy.requests)
-    result.actions = written_actions(job.log_path for job in jobs)
-    result.clients_created = await asyncio.to_thread(admin.count_clients, realm) - clients_before
-    in_files = client_ids({job.folder for job in jobs})
-    result.distinct_client_ids = len(in_files)
-    in_secret = await asyncio.to_thread(_secret_client_id, kube, namespace)
-    if in_secret is None or in_files != {in_secret}:
-        result.failures.append("the Pods' files do not all hold the Secret's client")
-    if lock_log.exists():
-        read_lock_times(result, lock_log, "lease")
-    await asyncio.to_thread(admin.delete_realm, realm)
+    async with fresh_realm(target.admin, replicas) as realm:
+        proxy = await Proxy(target.keycloak_port, rewrite_host=True).start()
+        lock_log = root / "locks.jsonl"
+        env = run_env(tree, target, realm, lock_log) | {
+            "DCR_INTERNAL_URL": proxy.url,
+            "DCR_CLIENT_NAME": "mcp-server",
+            "DCR_K8S_SECRET": SECRET,
+            "DCR_K8S_LEASE": LEASE,
+        }
+        jobs = [await asyncio.to_thread(_pod, kube, namespace, root, env, i) for i in range(replicas)]
+        await release_and_wait(result, jobs, target.wait_timeout + 60)
+        await proxy.close()
+        result.requests = [len(proxy.requests)]
+        result.what = request_kinds(proxy.requests)
+        in_files = await tally(result, jobs, target, realm)
+        in_secret = await asyncio.to_thread(_secret_client_id, kube, namespace)
+        if in_secret is None or in_files != {in_secret}:
+            result.failures.append("the Pods' files do not all hold the Secret's client")
+        if lock_log.exists():
+            read_lock_times(result, lock_log, "lease")
     await asyncio.to_thread(kube.request, "DELETE", f"/api/v1/namespaces/{namespace}")
     log(
         f"pods {tree.label}: {result.ok}/{replicas} ok, {result.clients_created} clients, "

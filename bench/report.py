@@ -530,24 +530,47 @@ def _cpu_budget(r: Results, node_cpu: float | None) -> list[str]:
     return budget
 
 
-def _fleet_row(f: Fleet) -> list[str]:
-    waits = f.lock_waits
+def _done_cells(f: Fleet) -> list[str]:
+    """Clients in Keycloak and in the files, completion times from the release, requests counted."""
+    done = [_s(f.p(50), 2), _s(f.p(95), 2), _s(f.total, 2), f"{f.total_requests}"]
+    return [f"{f.clients_created}", f"{f.distinct_client_ids}", *done]
+
+
+def _cost_cells(f: Fleet) -> list[str]:
+    """The wait for and hold of the lock (file or Lease), CPU and peak memory."""
     return [
-        f"{f.tree}, {'one shared folder' if f.shared else 'own folders'}",
-        f"{f.ok}/{f.replicas}",
-        f"{f.clients_created}",
-        f"{f.distinct_client_ids}",
-        _s(f.spawn_seconds, 2),
-        _s(f.p(50), 2),
-        _s(f.p(95), 2),
-        _s(f.total, 2),
-        f"{f.total_requests}",
-        f"{f.requests_per_replica:.2f}" + ("" if f.shared else f" (max {max(f.requests)})"),
-        (f"{_s(median(waits), 2)} / {_s(max(waits), 2)}" if waits else "-"),
+        (f"{_s(median(f.lock_waits), 2)} / {_s(max(f.lock_waits), 2)}" if f.lock_waits else "-"),
         (_s(median(f.lock_held), 3) if f.lock_held else "-"),
         _s(median(f.cpu), 3),
         _mib(max(f.rss_mib) if f.rss_mib else None),
     ]
+
+
+def _done_columns(requests: str) -> list[str]:
+    return ["clients", "distinct client_id in files", "p50 done", "p95 done", "last done", requests]
+
+
+def _cost_columns(lock: str, each: str) -> list[str]:
+    return [f"{lock} wait median / last", f"{lock} held (median)", f"CPU per {each} (median)", "peak RSS (max)"]
+
+
+def _said(counted: str, said: list[str], failures: list[str]) -> list[str]:
+    """What the proxies counted and the runs said, then the first failures if any."""
+    out = ["", f"What {counted} counted, and what the {said[0]} said they did (`Credentials written`):", ""]
+    out += said[1:]
+    if failures:
+        out += ["", "Failures (first five each):", "", *failures]
+    return out
+
+
+def _folders(f: Fleet) -> str:
+    return f"{f.tree}, {'one shared folder' if f.shared else 'own folders'}"
+
+
+def _fleet_row(f: Fleet) -> list[str]:
+    requests = f"{f.requests_per_replica:.2f}" + ("" if f.shared else f" (max {max(f.requests)})")
+    cells = _done_cells(f)
+    return [_folders(f), f"{f.ok}/{f.replicas}", *cells[:2], _s(f.spawn_seconds, 2), *cells[2:], requests]
 
 
 def _fleet_section(r: Results) -> list[str]:
@@ -567,49 +590,17 @@ def _fleet_section(r: Results) -> list[str]:
         "fleet's own realm.",
         "",
     ]
-    out += _table(
-        [
-            "tree, folders",
-            "exit 0",
-            "clients",
-            "distinct client_id in files",
-            "spawn",
-            "p50 done",
-            "p95 done",
-            "last done",
-            "requests",
-            "requests per replica",
-            "lock wait median / last",
-            "lock held (median)",
-            "CPU per replica (median)",
-            "peak RSS (max)",
-        ],
-        [_fleet_row(f) for f in r.fleets],
-    )
-    out += ["", "What the proxies counted, and what the runs said they did (`Credentials written`):", ""]
-    out += [f"- {f.tree}, {'one shared folder' if f.shared else 'own folders'}: {_what(f)}" for f in r.fleets]
+    done = _done_columns("requests")
+    columns = ["tree, folders", "exit 0", *done[:2], "spawn", *done[2:], "requests per replica"]
+    out += _table([*columns, *_cost_columns("lock", "replica")], [[*_fleet_row(f), *_cost_cells(f)] for f in r.fleets])
+    said = ["runs", *(f"- {_folders(f)}: {_what(f)}" for f in r.fleets)]
     failures = [f"- {f.tree} {'shared' if f.shared else 'own'}: {x}" for f in r.fleets for x in f.failures[:5]]
-    if failures:
-        out += ["", "Failures (first five each):", "", *failures]
-    return out
+    return out + _said("the proxies", said, failures)
 
 
 def _pods_row(f: Fleet) -> list[str]:
-    return [
-        f.tree,
-        f"{f.ok}/{f.replicas}",
-        ", ".join(f"{n}x {code}" for code, n in sorted(Counter(f.codes).items())),
-        f"{f.clients_created}",
-        f"{f.distinct_client_ids}",
-        _s(f.p(50), 2),
-        _s(f.p(95), 2),
-        _s(f.total, 2),
-        f"{f.total_requests}",
-        (f"{_s(median(f.lock_waits), 2)} / {_s(max(f.lock_waits), 2)}" if f.lock_waits else "-"),
-        (_s(median(f.lock_held), 3) if f.lock_held else "-"),
-        _s(median(f.cpu), 3),
-        _mib(max(f.rss_mib) if f.rss_mib else None),
-    ]
+    codes = ", ".join(f"{n}x {code}" for code, n in sorted(Counter(f.codes).items()))
+    return [f.tree, f"{f.ok}/{f.replicas}", codes, *_done_cells(f), *_cost_cells(f)]
 
 
 def _pods_section(r: Results) -> list[str]:
@@ -630,30 +621,11 @@ def _pods_section(r: Results) -> list[str]:
         "the run's own realm; every file must hold the Secret's client.",
         "",
     ]
-    out += _table(
-        [
-            "tree",
-            "exit 0",
-            "exit codes",
-            "clients",
-            "distinct client_id in files",
-            "p50 done",
-            "p95 done",
-            "last done",
-            "requests to Keycloak",
-            "Lease wait median / last",
-            "Lease held (median)",
-            "CPU per Pod (median)",
-            "peak RSS (max)",
-        ],
-        [_pods_row(f) for f in r.pods],
-    )
-    out += ["", "What the proxy counted, and what the Pods said they did (`Credentials written`):", ""]
-    out += [f"- {f.tree}: {_what(f)}" for f in r.pods]
+    columns = ["tree", "exit 0", "exit codes", *_done_columns("requests to Keycloak"), *_cost_columns("Lease", "Pod")]
+    out += _table(columns, [_pods_row(f) for f in r.pods])
+    said = ["Pods", *(f"- {f.tree}: {_what(f)}" for f in r.pods)]
     failures = [f"- {f.tree}: {x}" for f in r.pods for x in f.failures[:5]]
-    if failures:
-        out += ["", "Failures (first five each):", "", *failures]
-    return out
+    return out + _said("the proxy", said, failures)
 
 
 def _economy_section(r: Results) -> list[str]:
@@ -790,17 +762,21 @@ def _order(line: str) -> tuple[int, str]:
     return (int(digits) if digits else 99, label[len(digits) :])
 
 
+def _trimmed(lines: list[str]) -> list[str]:
+    """``lines`` without its trailing blank lines."""
+    end = len(lines)
+    while end and not lines[end - 1]:
+        end -= 1
+    return lines[:end]
+
+
 def _parts(text: str) -> _Parts:
     lines = text.rstrip("\n").split("\n")
     goals = lines.index("## Goals")
     starts = [i for i, line in enumerate(lines) if line.startswith("## ") and i > goals]
     table = [line for line in lines[goals + 1 : starts[0] if starts else len(lines)] if line.startswith("|")]
-    sections = {}
-    for start, end in zip(starts, [*starts[1:], len(lines)], strict=True):
-        body = lines[start:end]
-        while body and not body[-1]:
-            body.pop()
-        sections[_number(lines[start])] = body
+    ends = [*starts[1:], len(lines)]
+    sections = {_number(lines[start]): _trimmed(lines[start:end]) for start, end in zip(starts, ends, strict=True)}
     return _Parts(lines[:goals], table[:2], table[2:], sections)
 
 
@@ -817,34 +793,57 @@ def _kept_loads(line: str, kept: set[str]) -> str:
     return head + (sep + ", ".join(mine) if sep and mine else "")
 
 
+def _section_order(number: str) -> int:
+    return int(number) if number.isdigit() else 99
+
+
+class _Choice:
+    """Which run a goal row or section comes from: the new one for the figures it ran, else the old one."""
+
+    def __init__(self, was: _Parts, now: _Parts, ran: set[str]) -> None:
+        self.was, self.now, self.ran = was, now, ran
+
+    def fresh(self, number: str) -> bool:
+        return _NUMBERS.get(number) in self.ran
+
+    def rows(self) -> list[str]:
+        kept = [row for row in self.was.rows if not self.fresh(_number(row))]
+        return sorted(kept + [row for row in self.now.rows if self.fresh(_number(row))], key=_order)
+
+    def sections(self) -> list[list[str]]:
+        kept = {n: s for n, s in self.was.sections.items() if not self.fresh(n)}
+        chosen = kept | {n: s for n, s in self.now.sections.items() if self.fresh(n)}
+        return [chosen[number] for number in sorted(chosen, key=_section_order)]
+
+    def kept_figures(self) -> list[str]:
+        return sorted({_NUMBERS[n] for n in self.was.sections if n in _NUMBERS and not self.fresh(n)})
+
+
+def _kept_note(was: list[str], ran: set[str], kept: list[str]) -> str:
+    """The header line naming the figures kept from the published file, and the run they come from."""
+    run = _field(was, r"- Run: (.*?)\.\n")
+    load = _kept_loads(_field(was, r"- Load average \(1/5/15 min\) (.*?)\.\n"), set(kept))
+    before = _field(was, r'"before" is commit `([^`]+)`')
+    after = _field(was, r'"after" is ([^;]+);')
+    return (
+        f"- Only {', '.join(sorted(ran))} ran here; the other figures ({', '.join(kept)}) are kept as the "
+        f'previous run published them: {run}, "before" `{before}`, "after" {after}; load {load}.'
+    )
+
+
+def _after_last_bullet(header: list[str], line: str) -> list[str]:
+    last_bullet = max(i for i, text in enumerate(header) if text.startswith("- "))
+    return [*header[: last_bullet + 1], line, *header[last_bullet + 1 :]]
+
+
 def merge(old: str, new: str, ran: set[str]) -> str:
     """``new``, a partial run's report, with the goal rows and sections of the figures it did not run kept
     from ``old`` (the file as published), and a header line saying which and from which run."""
     was, now = _parts(old), _parts(new)
-
-    def fresh(number: str) -> bool:
-        return _NUMBERS.get(number) in ran
-
-    rows = [row for row in was.rows if not fresh(_number(row))] + [row for row in now.rows if fresh(_number(row))]
-    sections = {n: s for n, s in was.sections.items() if not fresh(n)} | {
-        n: s for n, s in now.sections.items() if fresh(n)
-    }
-    kept = sorted({_NUMBERS[n] for n in was.sections if n in _NUMBERS and not fresh(n)})
-    header = list(now.header)
-    if kept:
-        run = _field(was.header, r"- Run: (.*?)\.\n")
-        load = _kept_loads(_field(was.header, r"- Load average \(1/5/15 min\) (.*?)\.\n"), set(kept))
-        before = _field(was.header, r'"before" is commit `([^`]+)`')
-        after = _field(was.header, r'"after" is ([^;]+);')
-        last_bullet = max(i for i, line in enumerate(header) if line.startswith("- "))
-        header.insert(
-            last_bullet + 1,
-            f"- Only {', '.join(sorted(ran))} ran here; the other figures ({', '.join(kept)}) are kept as the "
-            f'previous run published them: {run}, "before" `{before}`, "after" {after}; load {load}.',
-        )
-    while header and not header[-1]:
-        header.pop()
-    out = [*header, "", "## Goals", "", *now.goals_head, *sorted(rows, key=_order)]
-    for number in sorted(sections, key=lambda n: int(n) if n.isdigit() else 99):
-        out += ["", *sections[number]]
+    choice = _Choice(was, now, ran)
+    kept = choice.kept_figures()
+    header = _after_last_bullet(now.header, _kept_note(was.header, ran, kept)) if kept else now.header
+    out = [*_trimmed(header), "", "## Goals", "", *now.goals_head, *choice.rows()]
+    for section in choice.sections():
+        out += ["", *section]
     return "\n".join(out) + "\n"

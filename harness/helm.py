@@ -30,6 +30,7 @@ from typing import Any
 
 import yaml
 
+from harness.cli import printing, run_command
 from harness.process import HarnessError
 
 HELM_VERSION = os.environ.get("HELM_VERSION", "3.22.0")
@@ -187,13 +188,8 @@ def uninstall(kubeconfig: Path, release: str, namespace: str, extra: tuple[str, 
     return run("uninstall", release, "--namespace", namespace, *extra, kubeconfig=kubeconfig).stdout
 
 
-def main() -> int:
-    try:
-        print(ensure_helm())
-    except HarnessError as exc:
-        print(f"helm harness: {exc}", file=sys.stderr)
-        return 1
-    return 0
+def main(argv: list[str] | None = None) -> int:
+    return run_command("helm", {"build": printing(ensure_helm)}, "[build]", argv, default="build")
 
 
 if __name__ == "__main__":

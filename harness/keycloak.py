@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.cli import printing, run_command
 from harness.process import HarnessError, answers_200, await_ready, log_tail, spawn, stop_group
 
 KEYCLOAK_VERSION = os.environ.get("KEYCLOAK_VERSION", "26.7.3")
@@ -358,6 +359,21 @@ class Admin:
         )
         return self.client_secret(realm, client_id)
 
+    def caller_token(self, realm: str, caller: str, audience: str) -> str:
+        """A token of client ``caller`` (created if missing) whose audience names ``audience``.
+
+        A server that introspects tokens with its own client needs to be in their audience (Keycloak 26.7).
+        """
+        try:
+            secret = self.client_secret(realm, caller)
+        except AdminError:
+            secret = self.create_confidential_client(realm, caller)
+        mappers = self.client(realm, caller).get("protocolMappers", [])
+        if not any(m.get("config", {}).get("included.client.audience") == audience for m in mappers):
+            self.add_audience_mapper(realm, caller, audience)
+        token_endpoint = f"{self.base_url}/realms/{realm}/protocol/openid-connect/token"
+        return str(client_credentials_token(token_endpoint, caller, secret)["access_token"])
+
 
 def client_credentials_token(token_endpoint: str, client_id: str, client_secret: str) -> dict[str, Any]:
     """An independent check that credentials work (urllib, not the tool's own code), by client_secret_basic."""
@@ -377,16 +393,7 @@ def client_credentials_token(token_endpoint: str, client_id: str, client_secret:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m harness.keycloak fetch``: fetch and unpack the distribution (used by scripts/setup.sh)."""
-    args = sys.argv[1:] if argv is None else argv
-    if args != ["fetch"]:
-        print("usage: python -m harness.keycloak fetch", file=sys.stderr)
-        return 2
-    try:
-        print(ensure_distribution())
-    except HarnessError as exc:
-        print(f"[keycloak-harness] {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return run_command("keycloak", {"fetch": printing(ensure_distribution)}, "fetch", argv)
 
 
 if __name__ == "__main__":

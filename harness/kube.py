@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.cli import printing, run_command
 from harness.keycloak import LOOPBACK, free_port
 from harness.process import HarnessError, answers_200, await_ready, log_tail, spawn, stop_group
 
@@ -457,25 +458,18 @@ class KubeServer:
         return str(answer["status"]["token"])
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    command = args[0] if args else "build"
+def _start(_args: list[str]) -> int:
+    server = KubeServer().start()
     try:
-        if command == "build":
-            print(ensure_binaries())
-            return 0
-        if command == "start":
-            server = KubeServer().start()
-            try:
-                print(server.kubectl("version", "-o", "json"))
-            finally:
-                server.stop()
-            return 0
-    except HarnessError as exc:
-        print(f"kube harness: {exc}", file=sys.stderr)
-        return 1
-    print("usage: python -m harness.kube [build|start]", file=sys.stderr)
-    return 2
+        print(server.kubectl("version", "-o", "json"))
+    finally:
+        server.stop()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    commands = {"build": printing(ensure_binaries), "start": _start}
+    return run_command("kube", commands, "[build|start]", argv, default="build")
 
 
 if __name__ == "__main__":

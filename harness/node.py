@@ -88,6 +88,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import kube
+from harness.cli import printing, run_command
 from harness.process import HarnessError, log_tail, spawn, stop_group
 
 KUBE_VERSION = kube.KUBE_VERSION
@@ -113,6 +114,12 @@ KERNEL_TUNABLES = {
     "kernel/keys/root_maxkeys": "1000000",
     "kernel/keys/root_maxbytes": "25000000",
 }
+
+
+def _log(message: str) -> None:
+    print(f"[node-harness] {message}", file=sys.stderr, flush=True)
+
+
 PAUSE_GO = """package main
 
 import (
@@ -128,10 +135,6 @@ func main() {
 \t<-stop
 }
 """
-
-
-def _log(message: str) -> None:
-    print(f"[node-harness] {message}", file=sys.stderr, flush=True)
 
 
 # --- binaries ---------------------------------------------------------------------------------------
@@ -917,33 +920,31 @@ def running(keep: bool = False) -> Iterator[tuple[Node, kube.KubeServer]]:
             server.stop()
 
 
+def _up(_args: list[str]) -> int:
+    with running() as (node, server):
+        # In the node's folder: the watchdog removes it with the rest, even after a SIGKILL of this process.
+        config = server.kubeconfig(node.layout.workdir / "admin.kubeconfig")
+        print(f"node {node.name} Ready; kubectl --kubeconfig={config} get nodes; Enter stops it", flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            sys.stdin.readline()
+    return 0
+
+
+def _down(_args: list[str]) -> int:
+    for layout in orphans():
+        _teardown(layout, {})
+        print(f"removed {layout.name}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    command = args[0] if args else "build"
-    try:
-        if command == "watchdog":
-            return watchdog(Path(args[1]))
-        if command == "build":
-            print(ensure_node_binaries())
-            return 0
-        if command == "up":
-            with running() as (node, server):
-                # In the node's folder: the watchdog removes it with the rest, even after a SIGKILL of this process.
-                config = server.kubeconfig(node.layout.workdir / "admin.kubeconfig")
-                print(f"node {node.name} Ready; kubectl --kubeconfig={config} get nodes; Enter stops it", flush=True)
-                with contextlib.suppress(KeyboardInterrupt):
-                    sys.stdin.readline()
-            return 0
-        if command == "down":
-            for layout in orphans():
-                _teardown(layout, {})
-                print(f"removed {layout.name}")
-            return 0
-    except HarnessError as exc:
-        print(f"node harness: {exc}", file=sys.stderr)
-        return 1
-    print("usage: python -m harness.node [build|up|down]", file=sys.stderr)
-    return 2
+    commands = {
+        "watchdog": lambda args: watchdog(Path(args[0])),
+        "build": printing(ensure_node_binaries),
+        "up": _up,
+        "down": _down,
+    }
+    return run_command("node", commands, "[build|up|down]", argv, default="build")
 
 
 if __name__ == "__main__":

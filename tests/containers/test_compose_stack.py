@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from harness.docker import ComposeStack, Engine
-from harness.keycloak import Admin, AdminError, client_credentials_token
+from harness.keycloak import Admin
 from tests.containers.conftest import record_image_facts
 
 REALM = "mcp"
@@ -59,19 +59,6 @@ def credentials_file(stack: ComposeStack) -> dict[str, Any]:
 def registered_clients(admin: Admin) -> list[str]:
     """Client ids in the realm that the bootstrap registered (DCR_CLIENT_NAME mcp-server-{hostname})."""
     return [str(c["clientId"]) for c in admin.clients(REALM) if str(c.get("name", "")).startswith("mcp-server-")]
-
-
-def caller_token(stack: ComposeStack, admin: Admin, audience: str) -> str:
-    """A token of a caller client with an audience mapper naming the MCP server's client."""
-    try:
-        secret = admin.client_secret(REALM, CALLER)
-    except AdminError:
-        secret = admin.create_confidential_client(REALM, CALLER)
-    mappers = admin.client(REALM, CALLER).get("protocolMappers", [])
-    if not any(m.get("config", {}).get("included.client.audience") == audience for m in mappers):
-        admin.add_audience_mapper(REALM, CALLER, audience)
-    token_endpoint = f"{stack.keycloak_url}/realms/{REALM}/protocol/openid-connect/token"
-    return str(client_credentials_token(token_endpoint, CALLER, secret)["access_token"])
 
 
 def _post(url: str, body: dict[str, Any], headers: dict[str, str]) -> tuple[int, dict[str, str], str]:
@@ -125,7 +112,7 @@ def assert_serves(stack: ComposeStack, admin: Admin, client_id: str) -> None:
     challenge = next((v for k, v in headers.items() if k.lower() == "www-authenticate"), "")
     assert status == 401, f"without a token: HTTP {status}"
     assert challenge.startswith("Bearer"), challenge
-    assert mcp_whoami(stack.mcp_url, caller_token(stack, admin, client_id)) == client_id
+    assert mcp_whoami(stack.mcp_url, admin.caller_token(REALM, CALLER, client_id)) == client_id
 
 
 def assert_bootstrap_did(stack: ComposeStack, action: str) -> dict[str, Any]:

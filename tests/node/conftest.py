@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
@@ -24,6 +25,7 @@ from harness.kube import KubeServer, ensure_binaries
 from harness.node import Node, ensure_node_binaries, ensure_pause_image
 from harness.process import HarnessError, group_alive
 from tests.conftest import unavailable
+from tests.node.workloads import Workload, fresh_namespace, fresh_realm
 
 ROOT = Path(__file__).resolve().parents[2]
 BOOTSTRAP_IMAGE = "dcr-bootstrap:0.1.0"
@@ -49,6 +51,16 @@ class Cluster:
 
     def admin(self) -> Admin:
         return self.keycloak.admin()
+
+    @contextmanager
+    def workload(
+        self, admin: Admin, folder: Path, registrations: int, realm: str = "mcp", kind: type[Workload] = Workload
+    ) -> Iterator[Workload]:
+        """A fresh restricted namespace and realm, with the initial access token Secret for ``registrations``."""
+        with fresh_namespace(self.kube) as namespace, fresh_realm(admin, realm) as realm_name:
+            workload = kind(self.kube, self.node, self.keycloak, namespace, realm_name, folder)
+            workload.create_token_secret(admin, count=registrations)
+            yield workload
 
 
 def _images(engine: Engine, node: Node) -> list[str]:
@@ -114,6 +126,12 @@ def cluster() -> Iterator[Cluster]:
             found.engine.stop()
     assert all(g is not None and not group_alive(g) for g in groups), "a node-stage process outlived the session"
     assert not found.node.leftovers(), f"the node left {found.node.leftovers()}"
+
+
+@pytest.fixture(scope="module")
+def admin(cluster: Cluster) -> Admin:
+    """The stage's Keycloak admin API."""
+    return cluster.admin()
 
 
 def pytest_terminal_summary(terminalreporter: object) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +35,6 @@ from tests.node.workloads import (
     check_deleting_the_pod_deletes_its_client,
     check_server_waited_for_the_file,
     eventually,
-    fresh_namespace,
-    fresh_realm,
 )
 
 CHART = ROOT / "deploy" / "helm" / "dcr-bootstrap"
@@ -46,11 +45,6 @@ SECRET = f"{FULLNAME}-dcr-client"
 CLIENT_FILE = "/var/lib/dcr/.dcr_client.json"
 GRACE_SECONDS = 30  # the chart's default terminationGracePeriodSeconds
 pytestmark = pytest.mark.usefixtures("helm_binary")
-
-
-@pytest.fixture(scope="module")
-def admin(cluster: Cluster) -> Admin:
-    return cluster.admin()
 
 
 def chart_values(cluster: Cluster, mode: str, realm: str, replicas: int) -> dict[str, Any]:
@@ -65,6 +59,15 @@ def chart_values(cluster: Cluster, mode: str, realm: str, replicas: int) -> dict
     }
 
 
+@dataclass
+class Release(Workload):
+    """The chart's release: its selector, client prefix and Secret name, not the manifests'."""
+
+    selector: str = SELECTOR
+    client_prefix: str = FULLNAME
+    secret_name: str = SECRET
+
+
 def kubeconfig(workload: Workload) -> Path:
     """The admin kubeconfig helm uses for the workload's release (written by :func:`release`)."""
     return workload.folder / "admin.kubeconfig"
@@ -73,19 +76,8 @@ def kubeconfig(workload: Workload) -> Path:
 @contextmanager
 def release(cluster: Cluster, admin: Admin, folder: Path, mode: str, replicas: int, tokens: int) -> Iterator[Workload]:
     """``helm install`` of the chart in ``mode`` in a fresh restricted namespace and realm; its Pods Running."""
-    with fresh_namespace(cluster.kube) as namespace, fresh_realm(admin, f"helm-{mode}") as realm:
-        workload = Workload(
-            cluster.kube,
-            cluster.node,
-            cluster.keycloak,
-            namespace,
-            realm,
-            folder,
-            selector=SELECTOR,
-            client_prefix=FULLNAME,
-            secret_name=SECRET,
-        )
-        workload.create_token_secret(admin, count=tokens)
+    with cluster.workload(admin, folder, tokens, f"helm-{mode}", Release) as workload:
+        namespace, realm = workload.namespace, workload.realm
         config = cluster.kube.kubeconfig(kubeconfig(workload), namespace=namespace)
         try:
             with timed(f"node: helm install ({mode}) -> {replicas} Pods Running and Ready"):

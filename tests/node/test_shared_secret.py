@@ -14,21 +14,13 @@ import pytest
 
 from harness.keycloak import Admin
 from tests.node.conftest import FACTS, Cluster
-from tests.node.workloads import RESTRICTED, Workload, eventually, fresh_namespace, fresh_realm
-
-
-@pytest.fixture(scope="module")
-def admin(cluster: Cluster) -> Admin:
-    return cluster.admin()
+from tests.node.workloads import RESTRICTED, Workload, eventually
 
 
 @pytest.fixture(scope="module")
 def shared(cluster: Cluster, admin: Admin, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workload]:
     """shared-secret.yaml applied with 3 replicas in a restricted namespace; its Pods Running."""
-    with fresh_namespace(cluster.kube) as namespace, fresh_realm(admin) as realm:
-        folder = Path(tmp_path_factory.mktemp("shared"))
-        workload = Workload(cluster.kube, cluster.node, cluster.keycloak, namespace, realm, folder)
-        workload.create_token_secret(admin, count=1)
+    with cluster.workload(admin, Path(tmp_path_factory.mktemp("shared")), registrations=1) as workload:
         workload.apply("shared-secret.yaml")
         workload.wait_running(3)
         node = cluster.node

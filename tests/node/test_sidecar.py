@@ -17,25 +17,15 @@ from tests.node.workloads import (
     check_deleting_the_pod_deletes_its_client,
     check_server_waited_for_the_file,
     client_name,
-    fresh_namespace,
-    fresh_realm,
 )
 
 GRACE_SECONDS = 30  # the Pod's terminationGracePeriodSeconds (the default; the manifest keeps it)
 
 
 @pytest.fixture(scope="module")
-def admin(cluster: Cluster) -> Admin:
-    return cluster.admin()
-
-
-@pytest.fixture(scope="module")
 def sidecar(cluster: Cluster, admin: Admin, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workload]:
     """sidecar.yaml applied in a restricted namespace, with a token for ten registrations."""
-    with fresh_namespace(cluster.kube) as namespace, fresh_realm(admin) as realm:
-        folder = Path(tmp_path_factory.mktemp("sidecar"))
-        workload = Workload(cluster.kube, cluster.node, cluster.keycloak, namespace, realm, folder)
-        workload.create_token_secret(admin, count=10)
+    with cluster.workload(admin, Path(tmp_path_factory.mktemp("sidecar")), registrations=10) as workload:
         workload.apply("sidecar.yaml")
         yield workload
 

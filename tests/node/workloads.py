@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from harness.keycloak import Admin, AdminError, KeycloakServer, client_credentials_token
+from harness.keycloak import Admin, KeycloakServer
 from harness.kube import KubeServer
 from harness.node import Node
 from tests.containers.test_compose_stack import mcp_whoami
@@ -172,7 +172,7 @@ class Workload:
         """The client id the unmodified server in ``pod`` reports over MCP, called with a caller's token."""
         client_id = self.server_client_id(pod)
         url = f"http://{pod['status']['podIP']}:8000/mcp"
-        return mcp_whoami(url, self.caller_token(admin, client_id))
+        return mcp_whoami(url, admin.caller_token(self.realm, CALLER, client_id))
 
     def server_client_id(self, pod: dict[str, Any], timeout: float = 60) -> str:
         """The client id the server logs Keycloak accepting at its start (a Running Pod may not be there yet)."""
@@ -184,18 +184,6 @@ class Workload:
             return lines[-1].split(marker, 1)[1].strip() if lines else None
 
         return eventually(logged, timeout, f"{name}: the server logging that Keycloak accepted its credentials")
-
-    def caller_token(self, admin: Admin, audience: str) -> str:
-        """A token of a caller client whose audience names the server's client (introspection needs it)."""
-        try:
-            secret = admin.client_secret(self.realm, CALLER)
-        except AdminError:
-            secret = admin.create_confidential_client(self.realm, CALLER)
-        mappers = admin.client(self.realm, CALLER).get("protocolMappers", [])
-        if not any(m.get("config", {}).get("included.client.audience") == audience for m in mappers):
-            admin.add_audience_mapper(self.realm, CALLER, audience)
-        token_endpoint = f"{self.keycloak.url}/realms/{self.realm}/protocol/openid-connect/token"
-        return str(client_credentials_token(token_endpoint, CALLER, secret)["access_token"])
 
     def shared_client_id(self) -> str | None:
         """The client id in the shared mode's Secret, ``secret_name`` (None while it is empty)."""
