@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from harness.keycloak import KEYCLOAK_VERSION, ROOT, ensure_distribution
+from harness.process import apt_get
 
 CACHE = Path(
     os.environ.get("DCR_DOCKER_CACHE")
@@ -152,9 +153,8 @@ def ensure_engine() -> Engine:
     with timed("engine: install and start"):
         if shutil.which("dockerd") is None or shutil.which("docker") is None:
             _log("installing docker.io from apt")
-            apt_env = {**env, "DEBIAN_FRONTEND": "noninteractive"}
-            _run(["apt-get", "update"], env=apt_env, timeout=900)
-            _run(["apt-get", "install", "-y", "--no-install-recommends", "docker.io"], env=apt_env, timeout=900)
+            apt_get("update", timeout=900)
+            apt_get("install", "-y", "--no-install-recommends", "docker.io", timeout=900)
         errors: list[str] = []
         for extra in ([], ["--iptables=false"], ["--storage-driver=vfs", "--iptables=false"]):
             try:
@@ -277,8 +277,7 @@ def ensure_debian_base(env: dict[str, str]) -> str:
     # debootstrap removes its own work folder last: its absence with a debian_version means it finished.
     if not (rootfs / "etc" / "debian_version").exists() or (rootfs / "debootstrap").exists():
         if shutil.which("debootstrap") is None:
-            apt_env = {**env, "DEBIAN_FRONTEND": "noninteractive"}
-            _run(["apt-get", "install", "-y", "--no-install-recommends", "debootstrap"], env=apt_env, timeout=900)
+            apt_get("install", "-y", "--no-install-recommends", "debootstrap", timeout=900)
         shutil.rmtree(rootfs, ignore_errors=True)
         _log("no registry: building a Debian bookworm stand-in with debootstrap (minutes)")
         with timed("debootstrap bookworm"):

@@ -44,7 +44,7 @@ from typing import Any
 
 from harness.cli import printing, run_command
 from harness.keycloak import LOOPBACK, free_port
-from harness.process import HarnessError, answers_200, await_ready, log_tail, spawn, stop_group
+from harness.process import HarnessError, answers_200, apt_get, await_ready, log_tail, spawn, stop_group
 
 KUBE_VERSION = os.environ.get("KUBE_VERSION", "1.37.2")
 ROOT = Path(__file__).resolve().parent.parent
@@ -166,8 +166,8 @@ def _build_etcd(out: Path) -> None:
     system = shutil.which("etcd")
     if system is None and os.geteuid() == 0 and shutil.which("apt-get"):
         with contextlib.suppress(HarnessError):
-            _run(["apt-get", "update", "-qq"])
-            _run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", "etcd-server"])
+            apt_get("update", "-qq")
+            apt_get("install", "-y", "-qq", "--no-install-recommends", "etcd-server")
             system = shutil.which("etcd")
     if system is not None and _etcd_supported(Path(system)):
         (out / "etcd").symlink_to(system)

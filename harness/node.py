@@ -89,7 +89,7 @@ from typing import Any
 
 from harness import kube
 from harness.cli import printing, run_command
-from harness.process import HarnessError, log_tail, spawn, stop_group
+from harness.process import HarnessError, apt_get, log_tail, spawn, stop_group
 
 KUBE_VERSION = kube.KUBE_VERSION
 ROOT = Path(__file__).resolve().parent.parent
@@ -207,9 +207,8 @@ def ensure_runtime() -> None:
         return
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
         raise HarnessError(f"the node needs {', '.join(missing)} (Debian packages) and root to install them")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    kube._run(["apt-get", "update", "-qq"], env=env)
-    kube._run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing], env=env)
+    apt_get("update", "-qq")
+    apt_get("install", "-y", "-qq", "--no-install-recommends", *missing)
 
 
 # --- the node's resources, as the watchdog sees them ------------------------------------------------

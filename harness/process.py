@@ -126,3 +126,28 @@ def stop_group(proc: subprocess.Popen[bytes], timeout: float) -> None:
         proc.wait()
         while group_alive(proc.pid):
             time.sleep(0.05)
+
+
+# apt and dpkg hold locks that another program on the machine (an unattended upgrade, another job) may
+# hold for a while: wait for them rather than fail a stage. apt waits for the dpkg lock itself
+# (DPkg::Lock::Timeout); the lists lock of 'update' is retried here. Bounded: about ten minutes in all.
+APT_LOCK_TIMEOUT = 600
+APT_LOCK_RETRIES = 40
+APT_LOCK_POLL = 15.0
+_APT_LOCKED = ("Could not get lock", "Unable to lock", "Unable to acquire the dpkg frontend lock")
+
+
+def apt_get(*args: str, timeout: float = 1800) -> None:
+    """``apt-get ARGS`` as root, non-interactive, waiting for apt's locks; HarnessError with its tail if it fails."""
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    command = ["apt-get", "-o", f"DPkg::Lock::Timeout={APT_LOCK_TIMEOUT}", *args]
+    for _ in range(APT_LOCK_RETRIES):
+        proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+        output = proc.stdout + proc.stderr
+        if proc.returncode == 0:
+            return
+        if not any(marker in output for marker in _APT_LOCKED):
+            break
+        time.sleep(APT_LOCK_POLL)  # another apt holds the lists lock: a poll of a lock, not an ordering of ours
+    tail = "\n".join(output.splitlines()[-30:])
+    raise HarnessError(f"apt-get {' '.join(args[:2])} ... failed ({proc.returncode}):\n{tail}")
