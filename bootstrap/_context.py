@@ -14,6 +14,7 @@ from pydantic import SecretStr
 
 from . import lifecycle, log, store, tokens
 from ._http import Transport
+from ._parse import hostname
 from .admin import Admin
 from .errors import (
     CredentialsRejected,
@@ -26,7 +27,7 @@ from .models import (
     SavedRegistration,
     ServerMetadata,
 )
-from .settings import Settings, hostname
+from .settings import Settings
 from .wait import Deadline, RetryPolicy
 
 logger = log.get_logger()

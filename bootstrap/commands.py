@@ -12,9 +12,10 @@ import sys
 from collections.abc import Awaitable, Callable
 
 from . import backups, envfile, flow, hooks, keycloak, lifecycle, log, quick, store
+from ._dotenv import CREDENTIALS_FOLDER, ignored_env_files
 from .errors import BootstrapError, ConfigError, ExitCode, NotRotated, StorageError
 from .models import SavedRegistration
-from .settings import CREDENTIALS_FOLDER, Settings, ignored_env_files, load_settings
+from .settings import Settings, load_settings
 from .wait import Deadline
 
 logger = log.get_logger()

@@ -32,11 +32,12 @@ from ._context import (
 )
 from ._existing import quick_reload, reload
 from ._new import adopt, named, register, resolve_intents, withdraw, withdraw_client, withdraw_on_failure
+from ._parse import hostname
 from ._rotation import retire
 from .admin import AdminFor
 from .errors import BootstrapError
 from .models import SavedRegistration, ServerMetadata
-from .settings import Settings, hostname
+from .settings import Settings
 from .wait import Deadline
 
 __all__ = [

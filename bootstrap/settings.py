@@ -14,165 +14,43 @@ Everything is checked here, before any request: a bad value is one ConfigError l
 
 from __future__ import annotations
 
-import io
-import os
-import re
-import socket
 import ssl
-from collections.abc import Mapping
-from contextvars import ContextVar
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Literal
 from urllib.parse import urlsplit
 
-from dotenv import dotenv_values
-from pydantic import BeforeValidator, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     DotEnvSettingsSource,
-    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
-from pydantic_settings.sources.utils import parse_env_vars
 
 from . import log
-from ._files import Untrusted, read_own
-from .errors import ConfigError
-from .models import is_vschar
-from .urls import origin
-
-CsvList = Annotated[list[str], NoDecode]
-
-_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*", re.IGNORECASE)
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-
-
-def parse_duration(value: object) -> object:
-    """Plain seconds or a number with a unit: ``90``, ``90s``, ``1.5m``, ``15m``, ``2h``, ``29d``, ``500ms``."""
-    if not isinstance(value, str):
-        return value
-    match = _DURATION.fullmatch(value)
-    if match is None:
-        raise ValueError("must be a duration: seconds (90) or a number with a unit ms, s, m, h or d (15m, 29d)")
-    return float(match.group(1)) * _UNIT_SECONDS[(match.group(2) or "s").lower()]
-
-
-# Every duration setting: seconds as a float in the code, plain seconds or a unit in the environment.
-Duration = Annotated[float, BeforeValidator(parse_duration), Field(ge=0, allow_inf_nan=False)]
-PositiveDuration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0, allow_inf_nan=False)]
-
-# Grant types of RFC 6749, 7522, 7523, 8628, 8693 and OpenID CIBA: anything else is a typo.
-KNOWN_GRANT_TYPES = frozenset(
-    {
-        "authorization_code",
-        "implicit",
-        "password",
-        "client_credentials",
-        "refresh_token",
-        "urn:ietf:params:oauth:grant-type:jwt-bearer",
-        "urn:ietf:params:oauth:grant-type:saml2-bearer",
-        "urn:ietf:params:oauth:grant-type:device_code",
-        "urn:ietf:params:oauth:grant-type:token-exchange",
-        "urn:openid:params:grant-type:ciba",
-    }
+from ._dotenv import DEFAULT_CLIENT_FILE, EXPLICIT, OwnDotEnv, explicit_text
+from ._parse import (
+    MAX_CLIENT_NAME,
+    CsvList,
+    Duration,
+    PositiveDuration,
+    check_header_safe,
+    client_file,
+    client_name,
+    from_file,
+    grant_types,
+    hostname,
+    http_url,
+    k8s_name,
+    octal,
+    origins,
+    redirect_uris,
+    same_file,
+    split_csv,
+    unset,
 )
-# Keycloak stores client names in a 255-character column and answers 500 beyond it; stay well inside.
-MAX_CLIENT_NAME = 200
-# A DNS-1123 subdomain, what the API server accepts for Secret, Lease and namespace names.
-K8S_NAME = re.compile(r"(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
-
-
-def _check_url(value: str, *, path_allowed: bool = True) -> str:
-    # Never echo the value: a URL may carry a password.
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError("must be an absolute http(s) URL")
-    if parts.username is not None or parts.password is not None:
-        raise ValueError("must not contain a user name or password (they would be logged); remove 'user:pass@'")
-    if parts.query or parts.fragment:
-        raise ValueError("must not have a query or fragment")
-    if not path_allowed and parts.path not in ("", "/"):
-        raise ValueError("must be an origin (scheme://host[:port]) without a path")
-    try:
-        parts.port  # noqa: B018 - raises on a bad port
-    except ValueError:
-        raise ValueError("has an invalid port") from None
-    return value.rstrip("/")
-
-
-# (path, why it was not read), for the CLI to log once logging is configured.
-ignored_env_files: list[tuple[str, str]] = []
-CREDENTIALS_FOLDER = "sits in the credentials folder, which other containers may share"
-# The file named by --env-file: read even beside the credentials file (the operator chose it), and a
-# problem with it is an error, not a warning. Set by load_settings for the one Settings it builds.
-_explicit: ContextVar[Path | None] = ContextVar("explicit_env_file", default=None)
-DEFAULT_CLIENT_FILE = ".dcr_client.json"
-
-
-def _credentials_folder() -> Path:
-    """Judged from the environment alone: a .env must not be able to move the folder it is judged by.
-
-    With DCR_CLIENT_FILE unset the file is ``./.dcr_client.json``, so a ``.env`` beside it is not read.
-    """
-    return Path(os.environ.get("DCR_CLIENT_FILE") or DEFAULT_CLIENT_FILE).absolute().parent
-
-
-def _explicit_text(path: Path) -> str:
-    """The text of the file --env-file names, held to the ownership rules of any .env; ConfigError if not."""
-    try:
-        return read_own(path, owners=frozenset({os.geteuid(), 0}), shared_write=False).decode("utf-8")
-    except Untrusted as exc:
-        problem = f"it {exc.reason}"
-    except OSError as exc:
-        problem = f"it cannot be read ({exc.strerror})"
-    except UnicodeDecodeError:
-        problem = "it is not UTF-8 text"
-    raise ConfigError(
-        f"--env-file {path} was not read: {problem}. Name a regular file owned by this user or root and "
-        "writable by no one else (chmod go-w)."
-    )
-
-
-def _safe_dotenv(path: Path) -> str | None:
-    """The text of a .env we may trust, or None (the reason recorded in ``ignored_env_files``)."""
-    explicit = _explicit.get()
-    if explicit is not None:
-        return _explicit_text(explicit)
-    try:
-        if path.absolute().parent.resolve() == _credentials_folder().resolve():
-            raise Untrusted(path, CREDENTIALS_FOLDER)
-        raw = read_own(path, owners=frozenset({os.geteuid(), 0}), shared_write=False)
-    except FileNotFoundError:
-        return None
-    except Untrusted as exc:
-        ignored_env_files.append((str(path), exc.reason))
-        return None
-    except OSError as exc:
-        ignored_env_files.append((str(path), f"cannot be read ({exc.strerror})"))
-        return None
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        ignored_env_files.append((str(path), "is not UTF-8 text"))
-        return None
-
-
-class _OwnDotEnv(DotEnvSettingsSource):
-    """pydantic-settings' .env source, reading only a .env that ``_safe_dotenv`` accepts."""
-
-    def _read_env_file(self, file_path: Path) -> Mapping[str, str | None]:
-        text = _safe_dotenv(file_path)
-        if text is None:
-            return {}
-        values = dotenv_values(stream=io.StringIO(text))
-        return parse_env_vars(values, self.case_sensitive, self.env_ignore_empty, self.env_parse_none_str)
-
-
-def _split_csv(value: object) -> object:
-    if isinstance(value, str):
-        return [item.strip() for item in value.split(",") if item.strip()]
-    return value
+from .errors import ConfigError
+from .urls import origin
 
 
 class Settings(BaseSettings):
@@ -349,97 +227,42 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         env_file = dotenv_settings.env_file if isinstance(dotenv_settings, DotEnvSettingsSource) else ".env"
-        return init_settings, env_settings, _OwnDotEnv(settings_cls, env_file=env_file), file_secret_settings
+        return init_settings, env_settings, OwnDotEnv(settings_cls, env_file=env_file), file_secret_settings
 
-    _split = field_validator("dcr_grant_types", "dcr_redirect_uris", "dcr_contacts", mode="before")(_split_csv)
+    _split = field_validator("dcr_grant_types", "dcr_redirect_uris", "dcr_contacts", mode="before")(split_csv)
 
-    _split_origins = field_validator("dcr_trusted_origins", mode="before")(_split_csv)
+    _split_origins = field_validator("dcr_trusted_origins", mode="before")(split_csv)
 
-    @field_validator("keycloak_url", "dcr_issuer", "dcr_internal_url")
-    @classmethod
-    def _http_url(cls, value: str | None) -> str | None:
-        return _check_url(value) if value else None
-
-    @field_validator("dcr_file_mode", mode="before")
-    @classmethod
-    def _octal(cls, value: object) -> object:
-        return f"0{value}" if isinstance(value, str) and re.fullmatch(r"[0-7]{3}", value) else value
-
-    @field_validator("dcr_k8s_secret", "dcr_k8s_lease", "dcr_k8s_namespace", "dcr_k8s_rollout")
-    @classmethod
-    def _k8s_name(cls, value: str | None) -> str | None:
-        if value and not K8S_NAME.fullmatch(value):
-            raise ValueError("must be a Kubernetes name: lower-case letters, digits, '-' and '.', at most 253")
-        return value or None
-
-    @field_validator("dcr_trusted_origins")
-    @classmethod
-    def _origins(cls, values: list[str]) -> list[str]:
-        return [_check_url(v, path_allowed=False) for v in values]
-
-    @field_validator("dcr_redirect_uris")
-    @classmethod
-    def _redirect_uris(cls, values: list[str]) -> list[str]:
-        for value in values:
-            parts = urlsplit(value)
-            if not parts.scheme or parts.fragment:
-                raise ValueError("every redirect URI must be absolute and without a fragment (RFC 6749 §3.1.2)")
-        return values
-
-    @field_validator("dcr_grant_types")
-    @classmethod
-    def _grant_types(cls, values: list[str]) -> list[str]:
-        if not values:
-            raise ValueError("must name at least one grant type, e.g. client_credentials")
-        unknown = [v for v in values if v not in KNOWN_GRANT_TYPES]
-        if unknown:
-            raise ValueError(
-                f"unknown grant type(s) {', '.join(unknown)}; known: {', '.join(sorted(KNOWN_GRANT_TYPES))}"
-            )
-        return values
-
-    @field_validator("dcr_client_name")
-    @classmethod
-    def _client_name(cls, value: str) -> str:
-        if not value.strip() or not value.isprintable():
-            raise ValueError("must be non-empty printable text")
-        if len(value.replace("{hostname}", hostname())) > MAX_CLIENT_NAME:
-            raise ValueError(f"is longer than {MAX_CLIENT_NAME} characters; servers refuse (or fail on) such names")
-        return value
-
-    @field_validator("dcr_client_file")
-    @classmethod
-    def _client_file(cls, value: Path) -> Path:
-        if not str(value).strip() or value.name in ("", ".", "..") or value.is_dir():
-            raise ValueError("must name a file, not a directory (e.g. /var/lib/dcr/.dcr_client.json)")
-        return value
+    # Each rule is a function of _parse; pydantic turns its ValueError into the one ConfigError line.
+    _urls = field_validator("keycloak_url", "dcr_issuer", "dcr_internal_url")(http_url)
+    _octal = field_validator("dcr_file_mode", mode="before")(octal)
+    _k8s = field_validator("dcr_k8s_secret", "dcr_k8s_lease", "dcr_k8s_namespace", "dcr_k8s_rollout")(k8s_name)
+    _origins = field_validator("dcr_trusted_origins")(origins)
+    _redirects = field_validator("dcr_redirect_uris")(redirect_uris)
+    _grants = field_validator("dcr_grant_types")(grant_types)
+    _name = field_validator("dcr_client_name")(client_name)
+    _file = field_validator("dcr_client_file")(client_file)
 
     @model_validator(mode="after")
     def _secrets_from_files(self) -> Settings:
-        self.dcr_initial_access_token = _from_file(
+        self.dcr_initial_access_token = from_file(
             self.dcr_initial_access_token, self.dcr_initial_access_token_file, "DCR_INITIAL_ACCESS_TOKEN"
         )
-        self.keycloak_client_secret = _from_file(
+        self.keycloak_client_secret = from_file(
             self.keycloak_client_secret, self.keycloak_client_secret_file, "KEYCLOAK_CLIENT_SECRET"
         )
-        self.keycloak_admin_password = _from_file(
+        self.keycloak_admin_password = from_file(
             self.keycloak_admin_password, self.keycloak_admin_password_file, "KEYCLOAK_ADMIN_PASSWORD"
         )
         log.register_secrets(self.dcr_initial_access_token, self.keycloak_client_secret, self.keycloak_admin_password)
         if self.keycloak_client_id:
             log.register_basic(self.keycloak_client_id, self.keycloak_client_secret)
-        for name, secret in (
-            ("DCR_INITIAL_ACCESS_TOKEN", self.dcr_initial_access_token),
-            ("KEYCLOAK_CLIENT_SECRET", self.keycloak_client_secret),
-        ):
-            if secret is not None and not is_vschar(secret.get_secret_value()):
-                raise ConfigError(
-                    f"{name} contains a line break or another control character, which cannot be sent in an "
-                    "HTTP header; copy the value again without it."
-                )
-        if self.keycloak_client_id is not None and not (self.keycloak_client_id and is_vschar(self.keycloak_client_id)):
-            raise ConfigError("KEYCLOAK_CLIENT_ID is empty or contains control characters; fix its value.")
-        if self.dcr_env_file is not None and _same_file(self.dcr_env_file, self.dcr_client_file):
+        check_header_safe(
+            DCR_INITIAL_ACCESS_TOKEN=self.dcr_initial_access_token,
+            KEYCLOAK_CLIENT_SECRET=self.keycloak_client_secret,
+            KEYCLOAK_CLIENT_ID=self.keycloak_client_id,
+        )
+        if self.dcr_env_file is not None and same_file(self.dcr_env_file, self.dcr_client_file):
             raise ConfigError(
                 "DCR_ENV_FILE names the same file as DCR_CLIENT_FILE; it would replace the JSON credentials. "
                 "Choose another path, e.g. /var/lib/dcr/.dcr_client.env."
@@ -498,7 +321,7 @@ class Settings(BaseSettings):
     def check_server(self) -> Settings:
         """Enough to reach the server: an issuer, or KEYCLOAK_URL with KEYCLOAK_REALM."""
         if not self.dcr_issuer and not (self.keycloak_url and self.keycloak_realm):
-            missing = _unset(KEYCLOAK_URL=self.keycloak_url, KEYCLOAK_REALM=self.keycloak_realm)
+            missing = unset(KEYCLOAK_URL=self.keycloak_url, KEYCLOAK_REALM=self.keycloak_realm)
             raise ConfigError(
                 f"No authorization server configured: {missing} not set. "
                 "Set KEYCLOAK_URL and KEYCLOAK_REALM, or DCR_ISSUER for any RFC 8414 server."
@@ -516,7 +339,7 @@ class Settings(BaseSettings):
         """Everything a run needs; raise one ConfigError naming what is missing and what to set."""
         self.check_server()
         if not self.use_dcr and not (self.keycloak_client_id and self.keycloak_client_secret):
-            missing = _unset(
+            missing = unset(
                 KEYCLOAK_CLIENT_ID=self.keycloak_client_id, KEYCLOAK_CLIENT_SECRET=self.keycloak_client_secret
             )
             raise ConfigError(
@@ -553,44 +376,13 @@ class Settings(BaseSettings):
             )
 
 
-def _unset(**values: object) -> str:
-    return " and ".join(name for name, value in values.items() if not value)
-
-
-def _from_file(value: SecretStr | None, path: Path | None, name: str) -> SecretStr | None:
-    if path is None:
-        return value
-    if value is not None:
-        raise ConfigError(f"Both {name} and {name}_FILE are set; set only one of them.")
-    try:
-        text = path.read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise ConfigError(
-            f"{name}_FILE={path} cannot be read ({exc.strerror}); mount the secret there or fix the path."
-        ) from None
-    if not text:
-        raise ConfigError(f"{name}_FILE={path} is empty; write the secret into it or unset {name}_FILE.")
-    return SecretStr(text)
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return a.resolve() == b.resolve()
-    except OSError:
-        return a.absolute() == b.absolute()
-
-
-def hostname() -> str:
-    return socket.gethostname()
-
-
 def load_settings(env_file: Path | None = None, **overrides: object) -> Settings:
     """Read settings from the environment (and ``env_file``, the operator's --env-file, else a trusted ./.env);
     translate validation errors into one ConfigError line."""
     if env_file is not None:
-        _explicit_text(env_file)  # its problems are the run's error, before anything else is judged
+        explicit_text(env_file)  # its problems are the run's error, before anything else is judged
         overrides["_env_file"] = env_file
-    token = _explicit.set(env_file)
+    token = EXPLICIT.set(env_file)
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
@@ -600,4 +392,4 @@ def load_settings(env_file: Path | None = None, **overrides: object) -> Settings
             problems.append(f"{loc}: {err['msg']}")
         raise ConfigError("Invalid settings: " + "; ".join(problems) + ". Fix these environment variables.") from None
     finally:
-        _explicit.reset(token)
+        EXPLICIT.reset(token)

@@ -5,7 +5,7 @@ A valid file is never replaced by a partial one: we write a temp file in the sam
 the target and fsync the directory. A failed run leaves the old file byte-for-byte intact, and a
 file that another issuer or static mode wrote is kept as a timestamped backup, never destroyed.
 
-Beside the file live, all 0600 and all ours: ``.NAME.lock`` (held for the whole run),
+Beside the file live, all 0600 and all ours: ``.NAME.lock`` (held for the whole run: ``_lock``),
 ``.NAME.intent`` (registrations asked for whose answer was not yet recorded: see ``flow``),
 ``.NAME.retired`` (registrations replaced by a new one, kept until their grace ends),
 ``.NAME.pending`` (a registration the server made but the run has not finished checking: the next
@@ -17,17 +17,13 @@ never through a symbolic link (``_files``).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import errno
-import fcntl
 import json
 import os
-import random
 import re
 import secrets
-from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -35,7 +31,9 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from . import quick
-from ._files import Untrusted, check_own, problem, read_own
+from ._files import Untrusted, check_own, read_own
+from ._lock import Turn as Turn
+from ._lock import locked as locked
 from .errors import StorageError
 from .log import get_logger
 from .models import Intent, Retired, SavedRegistration
@@ -48,7 +46,6 @@ M = TypeVar("M", bound=BaseModel)
 # same value and nothing is expanded: no quotes, $, `, \, spaces, ~, globs or line breaks.
 _ENV_SAFE = re.compile(r"[A-Za-z0-9._:/+=@%,-]*")
 _PROBE_SIZE = 4096  # about one credentials file: a full disk fails the probe, not the save
-_LOCK_POLL = 0.05
 
 
 def _dotted(path: Path) -> str:
@@ -108,10 +105,6 @@ def _not_ours(exc: Untrusted) -> StorageError:
 
 
 version = quick.file_version  # the standard-library side needs it before the heavy imports
-
-
-def _lock_path(path: Path) -> Path:
-    return path.with_name(f"{_dotted(path)}.lock")
 
 
 def read(path: Path) -> bytes | None:
@@ -358,65 +351,3 @@ def probe_writable(*paths: Path | None) -> None:
                 f"Cannot write in {directory} ({exc.strerror}); nothing was registered. Make it writable for "
                 "this user (a named volume starts root-owned), free some space, then run again."
             ) from None
-
-
-@dataclass(frozen=True)
-class Turn:
-    """How we got the lock: ``waited`` for another holder (seen here, or by the CLI's early try,
-    ``quick.take_lock``), and the credentials file's ``version`` when the wait began."""
-
-    waited: bool
-    before: list[int] | None
-
-    def written_meanwhile(self, path: Path) -> bool:
-        """The run we waited for replaced the file while we waited."""
-        return self.waited and version(path) != self.before
-
-
-@contextlib.asynccontextmanager
-async def locked(path: Path, remaining: Callable[[], float] | None = None) -> AsyncIterator[Turn]:
-    """Hold an exclusive lock beside ``path`` so two replicas sharing a volume never race.
-
-    Waits at most ``remaining()`` seconds, in small jittered polls that a signal can cancel.
-    """
-    lock_path = _lock_path(path)
-    early = quick.adopt_lock(lock_path)
-    try:
-        lock_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = (
-            early.fd
-            if early.fd is not None
-            else os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-        )
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise StorageError(
-                f"The lock file {lock_path} is a symbolic link; remove it (someone may be trying to make us "
-                "write elsewhere) and run again."
-            ) from None
-        raise StorageError(
-            f"Cannot create the lock file {lock_path} ({exc.strerror}); "
-            f"make {lock_path.parent} writable for this user and run again."
-        ) from None
-    try:
-        reason = problem(os.fstat(fd))
-        if reason is not None:
-            raise StorageError(f"The lock file {lock_path} {reason}; remove it and run again.")
-        waited, before = early.busy, early.version
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if not waited:
-                    waited, before = True, version(path)
-                left = remaining() if remaining is not None else 1.0
-                if left <= 0:
-                    raise StorageError(
-                        f"Another dcr-bootstrap held {lock_path} until DCR_WAIT_TIMEOUT ran out; check for a "
-                        "stuck replica, or raise DCR_WAIT_TIMEOUT."
-                    ) from None
-                await asyncio.sleep(min(left, _LOCK_POLL * random.uniform(0.5, 1.5)))  # noqa: S311
-        yield Turn(waited, before)
-    finally:
-        os.close(fd)

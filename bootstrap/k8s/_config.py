@@ -24,9 +24,9 @@ from pathlib import Path
 from urllib.parse import SplitResult, urlsplit
 
 from .. import log
+from .._parse import K8S_NAME
 from ..errors import ConfigError, StorageError, printable
 from ..models import is_vschar
-from ..settings import K8S_NAME
 from ._exec import ExecPlugin, Issued
 from ._kubeconfig import Kubeconfig
 from ._token import read_token

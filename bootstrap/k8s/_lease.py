@@ -29,8 +29,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from .. import log
+from .._parse import hostname
 from ..errors import BootstrapError, LeaseLost, LockTimeout, printable
-from ..settings import hostname
 from ..wait import Deadline
 from ._client import MANAGED_BY, KubeClient, kept_metadata
 from ._values import dict_or_empty, int_or_none, text_or_none

@@ -19,9 +19,10 @@ from urllib.parse import quote
 import pytest
 
 from bootstrap import commands, flow, log, store, tokens
+from bootstrap._dotenv import ignored_env_files
 from bootstrap.errors import ExitCode, MalformedResponse, RegistrationRejected, ServerResponseError, StorageError
 from bootstrap.models import ClientInformation, Intent, SavedRegistration
-from bootstrap.settings import Settings, ignored_env_files, load_settings
+from bootstrap.settings import Settings, load_settings
 from tests.fakeserver import IAT, FakeServer, saved, serving, serving_in_thread, settings_for
 from tests.faults import FaultAt, Injected
 

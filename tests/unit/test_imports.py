@@ -94,3 +94,13 @@ def test_cycles_are_found_through_any_number_of_modules() -> None:
 def test_no_import_cycle_in_bootstrap() -> None:
     """No module of bootstrap/ imports itself back through others, function-level imports included."""
     assert [sorted(cycle) for cycle in cycles(import_graph())] == []
+
+
+# The command layer: where the settings become capabilities (keycloak.admin_for) and errors exit codes.
+COMMAND_LAYER = frozenset({"bootstrap.commands", "bootstrap.cli", "bootstrap.__main__"})
+
+
+def test_only_the_command_layer_imports_keycloak() -> None:
+    """The orchestrator, the protocol steps, the settings and the Kubernetes store never import keycloak."""
+    importers = {name for name, deps in import_graph().items() if "bootstrap.keycloak" in deps}
+    assert importers <= COMMAND_LAYER, f"below the command layer: {sorted(importers - COMMAND_LAYER)}"

@@ -77,7 +77,7 @@ def test_keycloak_issuer_is_derived_from_url_and_realm() -> None:
 
 def test_client_name_includes_the_host_name(monkeypatch: pytest.MonkeyPatch) -> None:
     """'{hostname}' in DCR_CLIENT_NAME becomes this host's name, so each instance has its own client."""
-    monkeypatch.setattr("bootstrap.settings.socket.gethostname", lambda: "pod-7")
+    monkeypatch.setattr("bootstrap._parse.socket.gethostname", lambda: "pod-7")
     assert Settings(dcr_client_name="mcp-{hostname}").client_name == "mcp-pod-7"
 
 
