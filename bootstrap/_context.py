@@ -28,6 +28,7 @@ from .models import (
     ServerMetadata,
 )
 from .settings import Settings
+from .urls import origin
 from .wait import Deadline, RetryPolicy
 
 logger = log.get_logger()
@@ -120,6 +121,7 @@ def merge(
         registered_at=(previous.registered_at if previous else None) or hostname(),
         issuer=server.issuer,
         token_endpoint=server.token_endpoint,
+        introspection_endpoint=server.introspection_endpoint or (previous.introspection_endpoint if previous else None),
         client_secret_expires_at=_first(
             info.client_secret_expires_at, previous.client_secret_expires_at if previous else None
         ),
@@ -128,6 +130,19 @@ def merge(
         mode="dcr",
         **values,
     )
+
+
+def trusted(settings: Settings, server: ServerMetadata) -> ServerMetadata:
+    """The metadata with an introspection endpoint only where the app may send its secret (the origin rules)."""
+    endpoint = server.introspection_endpoint
+    if endpoint is None or origin(endpoint) in settings.secret_origins(server.issuer):
+        return server
+    logger.warning(
+        "The server's introspection_endpoint is outside the origins that may receive the client secret; it is "
+        "not passed on to the app (add its origin to DCR_TRUSTED_ORIGINS if it is right)",
+        introspection_endpoint=endpoint,
+    )
+    return server.model_copy(update={"introspection_endpoint": None})
 
 
 def _first(*values: int | None) -> int | None:
@@ -144,7 +159,8 @@ def _issued_at(secret: SecretStr | None, previous: SavedRegistration | None) -> 
 
 
 def save(ctx: Run, saved: SavedRegistration) -> None:
-    store.save(ctx.settings.dcr_client_file, saved, ctx.settings.dcr_env_file, ctx.settings.file_mode)
+    settings = ctx.settings
+    store.save(settings.dcr_client_file, saved, settings.dcr_env_file, settings.file_mode, settings.env_names)
 
 
 def check_values(info: ClientInformation, what: str) -> None:

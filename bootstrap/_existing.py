@@ -32,7 +32,9 @@ def _saved_server(settings: Settings, saved: SavedRegistration) -> ServerMetadat
         return None
     if saved.issuer.rstrip("/") != settings.expected_issuer.rstrip("/"):
         return None
-    return ServerMetadata(issuer=saved.issuer, token_endpoint=saved.token_endpoint)
+    return ServerMetadata(
+        issuer=saved.issuer, token_endpoint=saved.token_endpoint, introspection_endpoint=saved.introspection_endpoint
+    )
 
 
 async def quick_reload(unknown: Run, saved: SavedRegistration) -> Outcome | SavedRegistration:

@@ -163,7 +163,9 @@ async def _finish(ctx: Run, new: SavedRegistration) -> None:
 
 def _check_new(ctx: Run, new: SavedRegistration) -> None:
     if ctx.settings.dcr_env_file is not None:
-        store.env_lines(new)  # refuses values a shell or docker --env-file cannot carry, before any proof
+        store.env_lines(
+            new, ctx.settings.env_names
+        )  # refuses values a shell or docker --env-file cannot carry, before any proof
     asked = ctx.wanted.token_endpoint_auth_method
     given = new.token_endpoint_auth_method or asked
     if ctx.wanted.needs_secret and (given not in SECRET_AUTH_METHODS or new.client_secret is None):

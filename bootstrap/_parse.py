@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import socket
+import ssl
 from pathlib import Path
 from typing import Annotated
 from urllib.parse import urlsplit
@@ -15,6 +16,7 @@ from urllib.parse import urlsplit
 from pydantic import BeforeValidator, Field, SecretStr
 from pydantic_settings import NoDecode
 
+from . import envnames
 from .errors import ConfigError
 from .models import is_vschar
 
@@ -166,6 +168,11 @@ def client_file(value: Path) -> Path:
     return value
 
 
+def env_names(value: str) -> str:
+    envnames.parse(value)  # ValueError names what is wrong
+    return value
+
+
 def check_header_safe(**values: SecretStr | str | None) -> None:
     """Values sent in HTTP headers (a bearer token, Basic credentials) hold no line break or control character;
     a client id given (a str) is not empty either."""
@@ -176,3 +183,17 @@ def check_header_safe(**values: SecretStr | str | None) -> None:
                 f"{name} is empty or contains a line break or another control character, which cannot be sent "
                 "in an HTTP header; copy the value again without it."
             )
+
+
+def ca_context(bundle: Path | None) -> ssl.SSLContext | None:
+    """A context that trusts the PEM CA ``bundle`` (DCR_CA_BUNDLE; None: the system's store)."""
+    if bundle is None:
+        return None
+    try:
+        return ssl.create_default_context(cafile=str(bundle))
+    except FileNotFoundError:
+        raise ConfigError(f"DCR_CA_BUNDLE={bundle} does not exist; mount the CA file there.") from None
+    except (OSError, ssl.SSLError, ValueError):
+        raise ConfigError(
+            f"DCR_CA_BUNDLE={bundle} is not a readable PEM CA bundle; point it at the CA certificate."
+        ) from None

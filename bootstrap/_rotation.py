@@ -15,13 +15,16 @@ from pydantic import SecretStr
 from . import lifecycle, log, store
 from ._context import Outcome, Run, prove, proves_secret, save
 from ._new import register, withdraw
+from .envnames import EnvNames
 from .errors import StorageError, UnsafeValue
 from .models import Retired, SavedRegistration, is_vschar
 
 logger = log.get_logger()
 
 
-def regenerated(current: SavedRegistration, secret: str, env_file: Path | None) -> SavedRegistration:
+def regenerated(
+    current: SavedRegistration, secret: str, env_file: Path | None, names: EnvNames | None = None
+) -> SavedRegistration:
     """``current`` with the admin API's new secret; UnsafeValue (nothing saved, the old secret kept) if unsafe."""
     try:
         if not (secret and is_vschar(secret)):
@@ -30,7 +33,7 @@ def regenerated(current: SavedRegistration, secret: str, env_file: Path | None) 
             current.model_dump() | {"client_secret": SecretStr(secret), "client_secret_issued_at": lifecycle.now()}
         )
         if env_file is not None:
-            store.env_lines(rotated)  # what a shell or docker --env-file cannot carry is refused too
+            store.env_lines(rotated, names)  # what a shell or docker --env-file cannot carry is refused too
     except (ValueError, StorageError):
         raise UnsafeValue(
             f"The server's admin API regenerated the secret of client {current.client_id} as an empty value or one "
@@ -46,7 +49,7 @@ async def rotate(ctx: Run, current: SavedRegistration) -> Outcome | None:
         return None  # the caller replaces the registration instead
     secret = await ctx.admin.regenerate_secret(current.client_id)
     log.register_secrets(secret)
-    rotated = regenerated(current, secret, ctx.settings.dcr_env_file)
+    rotated = regenerated(current, secret, ctx.settings.dcr_env_file, ctx.settings.env_names)
     if proves_secret(ctx, rotated):
         await prove(ctx, rotated)
     save(ctx, rotated)

@@ -57,7 +57,9 @@ class _Restore:
         return self.settings.dcr_client_file
 
     def save(self, registration: SavedRegistration) -> None:
-        store.save(self.path, registration, self.settings.dcr_env_file, self.settings.file_mode)
+        store.save(
+            self.path, registration, self.settings.dcr_env_file, self.settings.file_mode, self.settings.env_names
+        )
 
     def refuse(self, why: str, remedy: str) -> None:
         """Refused (exit 2: FILE, the command's argument, does not fit the server), or with --force a warning."""
@@ -76,7 +78,8 @@ async def restore(settings: Settings, file: Path, *, force: bool = False) -> Non
     async with store.locked(path, deadline.remaining):
         store.probe_writable(path, settings.dcr_env_file)
         if settings.dcr_env_file is not None:
-            store.env_lines(backup)  # fail before a read that may rotate the token, not after it
+            # Fail before a read that may rotate the token, not after it.
+            store.env_lines(backup, settings.env_names)
         saved = _saved_or_none(path)
         async with flow.transport_for(settings, deadline) as transport:
             ctx = _Restore(transport, flow.policy_for(settings, deadline), settings, file, force)

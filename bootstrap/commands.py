@@ -11,7 +11,7 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable
 
-from . import backups, envfile, flow, hooks, keycloak, lifecycle, log, quick, store
+from . import backups, envfile, envnames, flow, hooks, keycloak, lifecycle, log, quick, store
 from ._dotenv import CREDENTIALS_FOLDER, ignored_env_files
 from .errors import BootstrapError, ConfigError, ExitCode, NotRotated, StorageError
 from .models import SavedRegistration
@@ -136,9 +136,7 @@ def _saved(settings: Settings) -> SavedRegistration:
 
 
 async def _env(settings: Settings, _: argparse.Namespace) -> None:
-    saved = _saved(settings)
-    secret = saved.client_secret.get_secret_value() if saved.client_secret else None
-    sys.stdout.write(quick.env_text(saved.client_id, secret))
+    sys.stdout.write(quick.exports(envnames.values(_saved(settings), settings.env_names)))
 
 
 async def _wait(settings: Settings, _: argparse.Namespace) -> None:

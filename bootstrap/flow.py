@@ -28,6 +28,7 @@ from ._context import (
     prove,
     save,
     transport_for,
+    trusted,
     wanted_metadata,
 )
 from ._existing import quick_reload, reload
@@ -123,7 +124,7 @@ async def _checked(unknown: Run, found: _Found) -> Outcome:
                 return reloaded
             saved = reloaded
         server = await unknown.policy.call("discovery", discovery.discover, unknown.transport, settings.expected_issuer)
-        ctx = replace(unknown, server=server)
+        ctx = replace(unknown, server=trusted(settings, server))
         return await _discovered(ctx, saved, found.pending, interrupted=found.interrupted, retiring=found.retiring)
 
 
@@ -206,6 +207,7 @@ async def _static(ctx: Run, saved: SavedRegistration | None) -> Outcome:
         registered_at=hostname(),
         issuer=ctx.server.issuer,
         token_endpoint=ctx.server.token_endpoint,
+        introspection_endpoint=ctx.server.introspection_endpoint,
         token_endpoint_auth_method=ctx.settings.dcr_token_endpoint_auth_method,
         mode="static",
     )

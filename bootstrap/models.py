@@ -32,6 +32,7 @@ class ServerMetadata(BaseModel):
     issuer: str
     token_endpoint: str | None = None
     registration_endpoint: str | None = None
+    introspection_endpoint: str | None = None  # RFC 7662: passed on to the app (DCR_ENV_NAMES), never called
 
 
 class ClientMetadata(BaseModel):
@@ -145,6 +146,8 @@ class SavedRegistration(BaseModel):
     registered_at: str | None = None
     issuer: str | None = None
     token_endpoint: str | None = None
+    # RFC 7662's endpoint, for an app that verifies its callers' tokens by introspection (DCR_ENV_NAMES).
+    introspection_endpoint: str | None = None
     client_secret_expires_at: int | None = None
     # When this tool first saw this client_secret (epoch seconds): its age for renewal and rotation.
     client_secret_issued_at: int | None = None

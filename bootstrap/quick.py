@@ -34,6 +34,7 @@ PUBLIC_KEYS = frozenset(
         "registered_at",
         "issuer",
         "token_endpoint",
+        "introspection_endpoint",
         "client_secret_expires_at",
         "client_secret_issued_at",
         "retire_at",
@@ -45,11 +46,9 @@ PUBLIC_KEYS = frozenset(
 MASK = "**********"
 
 
-def env_text(client_id: str, client_secret: str | None) -> str:
-    return (
-        f"export KEYCLOAK_CLIENT_ID={shlex.quote(client_id)}\n"
-        f"export KEYCLOAK_CLIENT_SECRET={shlex.quote(client_secret or '')}\n"
-    )
+def exports(pairs: list[tuple[str, str]]) -> str:
+    """``export NAME='value'`` lines for eval: each value quoted, so none runs or splits."""
+    return "".join(f"export {name}={shlex.quote(value)}\n" for name, value in pairs)
 
 
 def _shown(saved: dict[str, Any]) -> dict[str, Any]:
@@ -97,8 +96,14 @@ def _plain(client_id: object, secret: object) -> bool:
 
 
 def env() -> str | None:
+    if any(key.upper() == "DCR_ENV_NAMES" for key in os.environ):
+        return None  # other names: the full path checks the mapping
     saved = load()
-    return None if saved is None else env_text(saved["client_id"], saved.get("client_secret"))
+    if saved is None:
+        return None
+    return exports(
+        [("KEYCLOAK_CLIENT_ID", saved["client_id"]), ("KEYCLOAK_CLIENT_SECRET", saved.get("client_secret") or "")]
+    )
 
 
 def show() -> str | None:

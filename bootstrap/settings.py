@@ -27,16 +27,18 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from . import log
+from . import envnames, log
 from ._dotenv import DEFAULT_CLIENT_FILE, EXPLICIT, OwnDotEnv, explicit_text
 from ._parse import (
     MAX_CLIENT_NAME,
     CsvList,
     Duration,
     PositiveDuration,
+    ca_context,
     check_header_safe,
     client_file,
     client_name,
+    env_names,
     from_file,
     grant_types,
     hostname,
@@ -110,6 +112,13 @@ class Settings(BaseSettings):
         None,
         description="Also write KEYCLOAK_CLIENT_ID=/KEYCLOAK_CLIENT_SECRET= lines here (mode 0600; safe to source "
         "in sh or to pass to docker --env-file: values that could not be carried safely are refused).",
+    )
+    dcr_env_names: str = Field(
+        envnames.DEFAULT,
+        description="Which names the env file (DCR_ENV_FILE) and 'dcr-bootstrap env' give the fields, as "
+        "field=NAME pairs of client_id, client_secret, issuer, token_endpoint and introspection_endpoint, for a "
+        "server that reads other names (e.g. client_id=OAUTH_CLIENT_ID,client_secret=OAUTH_CLIENT_SECRET,"
+        "introspection_endpoint=OAUTH_INTROSPECTION_URL). Names of this tool's settings are refused.",
     )
 
     # --- client metadata (RFC 7591 §2) ---
@@ -242,6 +251,7 @@ class Settings(BaseSettings):
     _grants = field_validator("dcr_grant_types")(grant_types)
     _name = field_validator("dcr_client_name")(client_name)
     _file = field_validator("dcr_client_file")(client_file)
+    _env_names = field_validator("dcr_env_names")(env_names)
 
     @model_validator(mode="after")
     def _secrets_from_files(self) -> Settings:
@@ -272,16 +282,7 @@ class Settings(BaseSettings):
     # --- derived values ---
     def tls_context(self) -> ssl.SSLContext | None:
         """The context that trusts DCR_CA_BUNDLE (None: the system's store); a bad bundle is a ConfigError."""
-        if self.dcr_ca_bundle is None:
-            return None
-        try:
-            return ssl.create_default_context(cafile=str(self.dcr_ca_bundle))
-        except FileNotFoundError:
-            raise ConfigError(f"DCR_CA_BUNDLE={self.dcr_ca_bundle} does not exist; mount the CA file there.") from None
-        except (OSError, ssl.SSLError, ValueError):
-            raise ConfigError(
-                f"DCR_CA_BUNDLE={self.dcr_ca_bundle} is not a readable PEM CA bundle; point it at the CA certificate."
-            ) from None
+        return ca_context(self.dcr_ca_bundle)
 
     def secret_origins(self, issuer: str | None = None) -> frozenset[str]:
         """Origins allowed to receive a secret: the issuer's, DCR_INTERNAL_URL's, and DCR_TRUSTED_ORIGINS."""
@@ -309,6 +310,10 @@ class Settings(BaseSettings):
             return None
         parts = urlsplit(self.dcr_issuer)
         return f"{parts.scheme}://{parts.netloc}"
+
+    @property
+    def env_names(self) -> envnames.EnvNames:
+        return envnames.parse(self.dcr_env_names)
 
     @property
     def file_mode(self) -> int:

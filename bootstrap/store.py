@@ -30,10 +30,11 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from . import quick
+from . import envnames, quick
 from ._files import Untrusted, check_own, read_own
 from ._lock import Turn as Turn
 from ._lock import locked as locked
+from .envnames import EnvNames
 from .errors import StorageError
 from .log import get_logger
 from .models import Intent, Retired, SavedRegistration
@@ -201,17 +202,18 @@ def env_safe(value: str) -> bool:
     return _ENV_SAFE.fullmatch(value) is not None
 
 
-def env_lines(registration: SavedRegistration) -> bytes:
-    """KEYCLOAK_CLIENT_ID/SECRET lines that sourcing sets to exactly these values and that run nothing."""
-    secret = registration.client_secret.get_secret_value() if registration.client_secret else ""
-    for name, value in (("client_id", registration.client_id), ("client_secret", secret)):
+def env_lines(registration: SavedRegistration, names: EnvNames | None = None) -> bytes:
+    """``NAME=value`` lines (``DCR_ENV_NAMES``; the seed's KEYCLOAK_CLIENT_ID/SECRET by default) that sourcing
+    sets to exactly these values and that run nothing."""
+    pairs = envnames.values(registration, names or envnames.parse(envnames.DEFAULT))
+    for name, value in pairs:
         if not env_safe(value):
             raise StorageError(
-                f"The {name} the server issued has characters an env file cannot carry safely (quotes, $, "
-                "spaces or control characters), so no env file was written. Unset DCR_ENV_FILE and read the "
+                f"The value for {name} the server issued has characters an env file cannot carry safely (quotes, "
+                "$, spaces or control characters), so no env file was written. Unset DCR_ENV_FILE and read the "
                 "JSON file, or use 'eval \"$(dcr-bootstrap env)\"', which quotes."
             )
-    return f"KEYCLOAK_CLIENT_ID={registration.client_id}\nKEYCLOAK_CLIENT_SECRET={secret}\n".encode()
+    return "".join(f"{name}={value}\n" for name, value in pairs).encode()
 
 
 def file_bytes(registration: SavedRegistration) -> bytes:
@@ -219,11 +221,17 @@ def file_bytes(registration: SavedRegistration) -> bytes:
     return (json.dumps(registration.to_file(), indent=2) + "\n").encode()
 
 
-def save(path: Path, registration: SavedRegistration, env_file: Path | None = None, mode: int = 0o600) -> None:
+def save(
+    path: Path,
+    registration: SavedRegistration,
+    env_file: Path | None = None,
+    mode: int = 0o600,
+    names: EnvNames | None = None,
+) -> None:
     """The credentials file (and env file), with ``mode`` (DCR_FILE_MODE); both replaced or neither."""
     files = [(path, file_bytes(registration))]
     if env_file is not None:
-        files.append((env_file, env_lines(registration)))
+        files.append((env_file, env_lines(registration, names)))
     write_private_many(files, mode)
 
 

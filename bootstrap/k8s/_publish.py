@@ -45,7 +45,7 @@ async def write_local(
         fence(kube)
         store.probe_writable(path, env_file)
         if registration_ is not None:
-            store.save(path, registration_, env_file, settings.file_mode)
+            store.save(path, registration_, env_file, settings.file_mode, settings.env_names)
         if retired is not None:
             store.save_retired(path, retired)
 

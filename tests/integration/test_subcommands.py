@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import signal
 import stat
 import subprocess
 import sys
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 from harness.keycloak import Admin, KeycloakServer
@@ -229,3 +232,21 @@ def test_restore_of_another_client_retires_the_one_it_replaces(
     assert run_cli(env).last["action"] == "reloaded"
     ids = {c["clientId"] for c in admin.clients(realm)}
     assert first in ids and second not in ids
+
+
+def test_an_env_file_under_another_servers_names_introspects_on_keycloak(
+    keycloak: KeycloakServer, realm: str, env: dict[str, str], creds_file: Path
+) -> None:
+    """DCR_ENV_NAMES: an app reading OAUTH_* gets Keycloak's introspection endpoint and credentials it accepts."""
+    env_file = creds_file.parent / "app.env"
+    names = "client_id=OAUTH_CLIENT_ID,client_secret=OAUTH_CLIENT_SECRET,introspection_endpoint=OAUTH_INTROSPECT"
+    result = run_cli(env | {"DCR_ENV_FILE": str(env_file), "DCR_ENV_NAMES": names})
+    assert result.code == 0, result.stderr
+    values = dict(line.split("=", 1) for line in env_file.read_text().splitlines())
+    assert set(values) == {"OAUTH_CLIENT_ID", "OAUTH_CLIENT_SECRET", "OAUTH_INTROSPECT"}
+    assert values["OAUTH_INTROSPECT"] == f"{keycloak.url}/realms/{realm}/protocol/openid-connect/token/introspect"
+    form = urllib.parse.urlencode({"token": "not-a-token"}).encode()
+    basic = base64.b64encode(f"{values['OAUTH_CLIENT_ID']}:{values['OAUTH_CLIENT_SECRET']}".encode()).decode()
+    request = urllib.request.Request(values["OAUTH_INTROSPECT"], data=form, headers={"Authorization": f"Basic {basic}"})
+    with urllib.request.urlopen(request, timeout=30) as answer:  # a client Keycloak rejects gets 401 here
+        assert json.loads(answer.read()) == {"active": False}
