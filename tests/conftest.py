@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import random
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -18,7 +20,7 @@ from typing import NoReturn
 import pytest
 
 from harness import helm
-from harness.keycloak import ROTATION_FEATURE, Admin, KeycloakServer
+from harness.keycloak import LOOPBACK, ROTATION_FEATURE, Admin, KeycloakServer
 from harness.process import HarnessError, group_alive
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,11 +67,54 @@ def helm_binary() -> Path:
         unavailable(f"helm unavailable: {str(exc).splitlines()[0] if str(exc) else 'unknown'}")
 
 
+def ephemeral_ports() -> range:
+    """The kernel's range for the local ports of outgoing connections."""
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999  # Linux's default
+    return range(low, high + 1)
+
+
+def listen_port() -> int:
+    """A loopback port free now and outside the ephemeral range.
+
+    Keycloak binds its ports a minute or more after we choose them (longer on a busy machine); a port
+    from the ephemeral range may meanwhile become the local end of any connection on the machine.
+    """
+    ephemeral = ephemeral_ports()
+    candidates = [port for port in range(10000, 65536) if port not in ephemeral]
+    for port in random.sample(candidates, 100):
+        with socket.socket() as sock:
+            try:
+                sock.bind((LOOPBACK, port))
+            except OSError:
+                continue
+            return port
+    raise HarnessError("no free loopback port outside the ephemeral range")
+
+
+def start_keycloak() -> KeycloakServer:
+    """One Keycloak for the session, with the secret rotation policy available to the realms that want it.
+
+    Started once more, on other ports, if a port was taken all the same (by a process outside this session).
+    """
+
+    def on_fresh_ports() -> KeycloakServer:
+        return KeycloakServer(extra_args=(ROTATION_FEATURE,), http_port=listen_port(), management_port=listen_port())
+
+    try:
+        return on_fresh_ports().start()
+    except HarnessError as exc:
+        if "Port already bound" not in str(exc):
+            raise
+    return on_fresh_ports().start()
+
+
 @pytest.fixture(scope="session")
 def keycloak() -> Iterator[KeycloakServer]:
     try:
-        # One Keycloak for the session, with the secret rotation policy available to the realms that want it.
-        server = KeycloakServer(extra_args=(ROTATION_FEATURE,)).start()
+        server = start_keycloak()
     except HarnessError as exc:
         pytest.fail(f"Keycloak could not be started for the integration tests: {exc}", pytrace=False)
     yield server

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 from aiohttp import web
@@ -165,29 +165,44 @@ async def test_a_pod_that_waited_for_the_lease_uses_the_registration_written_mea
     assert (tmp_path / "pod-b" / "client.json").exists()
 
 
+class Turnstile(asyncio.Event):
+    """A server gate that also says when a request arrived at it (``reached``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reached = asyncio.Event()
+
+    async def wait(self) -> Literal[True]:
+        self.reached.set()
+        return await super().wait()
+
+
 async def test_a_run_that_loses_its_lease_mid_flow_writes_nothing_and_withdraws_its_new_client(
     kube: FakeKube, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The Lease is taken while the run waits for its token: the run stops with LeaseLost, the Secret stays
     unwritten, and the client it had just registered is deleted again."""
+    # A long renew deadline: however slow the machine, only the usurper below ends the lease, never the clock.
     monkeypatch.setattr(
-        _store, "LeaseLock", functools.partial(LeaseLock, duration=3, renew_deadline=2, retry_period=0.05)
+        _store, "LeaseLock", functools.partial(LeaseLock, duration=120, renew_deadline=60, retry_period=0.05)
     )
+    gate = Turnstile()
 
     async def passed(request: web.Request, handler: Handler) -> web.StreamResponse:
         return await handler(request)
 
     async def usurped(request: web.Request, handler: Handler) -> web.StreamResponse:
+        await gate.reached.wait()  # the renewer's read waits until the run has registered and asks for its token
         held_by(kube, "usurper", leaseDurationSeconds=60)
         return await handler(request)
 
     kube.trick("GET lease", passed, usurped)  # the acquiring read, then the renewer's first one
-    gate = asyncio.Event()
     async with serving(FakeServer()) as server:
         server.gates["POST /connect/token"] = gate  # the run is still proving its new client
+        server.slow["POST /connect/register"] = 0.3  # a slow machine: registering outlasts the renewer's period
         try:
             with pytest.raises(LeaseLost):
-                await asyncio.wait_for(k8s.run_shared(shared_settings(server, kube, tmp_path, monkeypatch)), 10)
+                await asyncio.wait_for(k8s.run_shared(shared_settings(server, kube, tmp_path, monkeypatch)), 30)
         finally:
             gate.set()
     assert server.registered == 1 and server.clients == {}
