@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -43,8 +44,10 @@ ADMIN_USER = "admin"
 ROTATION_FEATURE = "--features=client-secret-rotation"
 LOOPBACK = "127.0.0.1"
 
-# The watchdog: start Keycloak, then block on stdin (a pipe from the owner); EOF ends the group.
-_WATCHDOG = '"$@" </dev/null & read -r _ || true; kill -TERM 0'
+# The watchdog: start Keycloak and a reader of stdin (a pipe from the owner, on fd 3: an asynchronous list's
+# own stdin is /dev/null); EOF ends the group, and so does Keycloak's own exit, so a server that dies during
+# start-up is reported at once, not at the start-up timeout.
+_WATCHDOG = 'exec 3<&0; "$@" </dev/null & s=$!; (read -r _ <&3; kill -TERM 0) & wait "$s"; kill -TERM 0'
 
 
 def _log(message: str) -> None:
@@ -90,10 +93,31 @@ def ensure_distribution(version: str = KEYCLOAK_VERSION) -> Path:
     return home
 
 
+def ephemeral_ports() -> range:
+    """The kernel's range for the local ports of outgoing connections."""
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999  # Linux's default
+    return range(low, high + 1)
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((LOOPBACK, 0))
-        return int(sock.getsockname()[1])
+    """A loopback port free now and outside the ephemeral range.
+
+    Servers bind their ports seconds to minutes after we choose them (longer on a busy machine); a port
+    from the ephemeral range may meanwhile become the local end of any connection on the machine.
+    """
+    ephemeral = ephemeral_ports()
+    candidates = [port for port in range(10000, 65536) if port not in ephemeral]
+    for port in random.sample(candidates, 100):
+        with socket.socket() as sock:
+            try:
+                sock.bind((LOOPBACK, port))
+            except OSError:
+                continue
+            return port
+    raise HarnessError("no free loopback port outside the ephemeral range")
 
 
 @dataclass

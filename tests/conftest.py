@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -20,7 +18,7 @@ from typing import NoReturn
 import pytest
 
 from harness import helm
-from harness.keycloak import LOOPBACK, ROTATION_FEATURE, Admin, KeycloakServer
+from harness.keycloak import ROTATION_FEATURE, Admin, KeycloakServer, free_port
 from harness.process import HarnessError, group_alive
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -67,33 +65,6 @@ def helm_binary() -> Path:
         unavailable(f"helm unavailable: {str(exc).splitlines()[0] if str(exc) else 'unknown'}")
 
 
-def ephemeral_ports() -> range:
-    """The kernel's range for the local ports of outgoing connections."""
-    try:
-        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
-    except (OSError, ValueError):
-        low, high = 32768, 60999  # Linux's default
-    return range(low, high + 1)
-
-
-def listen_port() -> int:
-    """A loopback port free now and outside the ephemeral range.
-
-    Keycloak binds its ports a minute or more after we choose them (longer on a busy machine); a port
-    from the ephemeral range may meanwhile become the local end of any connection on the machine.
-    """
-    ephemeral = ephemeral_ports()
-    candidates = [port for port in range(10000, 65536) if port not in ephemeral]
-    for port in random.sample(candidates, 100):
-        with socket.socket() as sock:
-            try:
-                sock.bind((LOOPBACK, port))
-            except OSError:
-                continue
-            return port
-    raise HarnessError("no free loopback port outside the ephemeral range")
-
-
 def start_keycloak() -> KeycloakServer:
     """One Keycloak for the session, with the secret rotation policy available to the realms that want it.
 
@@ -101,7 +72,7 @@ def start_keycloak() -> KeycloakServer:
     """
 
     def on_fresh_ports() -> KeycloakServer:
-        return KeycloakServer(extra_args=(ROTATION_FEATURE,), http_port=listen_port(), management_port=listen_port())
+        return KeycloakServer(extra_args=(ROTATION_FEATURE,), http_port=free_port(), management_port=free_port())
 
     try:
         return on_fresh_ports().start()

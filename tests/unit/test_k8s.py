@@ -14,7 +14,7 @@ import base64
 import contextlib
 import gzip
 import json
-import time
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -405,20 +405,20 @@ async def test_an_oversize_body_is_a_storage_error(kube: FakeKube) -> None:
 async def test_a_slow_api_server_cannot_outlast_the_deadline(
     kube: FakeKube, server: FakeServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """With DCR_WAIT_TIMEOUT=1 a hanging API server ends the run after about a second, as a StorageError."""
+    """With DCR_WAIT_TIMEOUT=1 a hanging API server ends the run at the deadline, as a StorageError: the one
+    attempt is cut there, never waited out (30 s) nor tried again."""
     kube.trick("GET lease", *[slow(30)] * 5)
     settings = shared_settings(server, kube, tmp_path, monkeypatch, dcr_wait_timeout=1)
-    started = time.monotonic()
     with pytest.raises(StorageError):
         await k8s.run_shared(settings)
-    assert time.monotonic() - started < 3
+    assert kube.seen.count("GET lease") == 1
 
 
 async def test_an_attempt_is_cut_at_the_attempt_timeout_and_retried(kube: FakeKube) -> None:
     """A GET slower than the attempt timeout is retried, within the deadline."""
     kube.put_secret(registration())
     kube.trick("GET secret", slow(30))
-    async with kube_store(kube, timeout=5, attempt=0.3) as s:
+    async with kube_store(kube, timeout=10, attempt=2) as s:  # 2 s: room for a loaded machine's second GET
         data, _ = await s.load()
     assert data == registration() and kube.seen.count("GET secret") == 2
 
@@ -436,11 +436,10 @@ async def test_a_read_answered_with_429_or_5xx_is_retried(kube: FakeKube, status
 async def test_a_retry_after_beyond_the_deadline_stops_at_once(kube: FakeKube) -> None:
     """429 with a Retry-After longer than the time left fails now, saying so."""
     kube.trick("GET secret", answer(429, headers={"Retry-After": "3600"}))
-    started = time.monotonic()
     async with kube_store(kube, timeout=5) as s:
         with pytest.raises(StorageError, match="3600"):
-            await s.load()
-    assert time.monotonic() - started < 2
+            await s.load()  # waiting out the hour would hang here; the answer is at once
+    assert kube.seen.count("GET secret") == 1
 
 
 async def test_a_write_answered_429_is_retried(kube: FakeKube) -> None:
@@ -635,11 +634,17 @@ def _knows_its_client(settings: Settings) -> Callable[[], bool]:
 
 
 async def _settle() -> None:
-    """Let shielded clean-ups that outlived the fault finish (they run on their own budget)."""
+    """Let shielded clean-ups that outlived the fault finish: the tasks running our code (not the fakes'
+    handlers), waited for within their own budget (flow.CLEANUP_TIMEOUT), however slow the machine."""
     current = asyncio.current_task()
-    others = [t for t in asyncio.all_tasks() if t is not current and not t.done()]
-    if others:
-        await asyncio.wait(others, timeout=0.5)
+    ours = [t for t in asyncio.all_tasks() if t is not current and not t.done() and _runs_bootstrap(t)]
+    if ours:
+        await asyncio.wait(ours, timeout=flow.CLEANUP_TIMEOUT * 2)
+
+
+def _runs_bootstrap(task: asyncio.Task[Any]) -> bool:
+    code = getattr(task.get_coro(), "cr_code", None)
+    return code is not None and f"{os.sep}bootstrap{os.sep}" in code.co_filename
 
 
 # --- item 5: what others put on the Secret survives ---
