@@ -11,7 +11,7 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable
 
-from . import backups, envfile, envnames, flow, hooks, keycloak, lifecycle, log, metrics, quick, store
+from . import backups, envfile, envnames, flow, hooks, keycloak, lifecycle, log, quick, store
 from ._dotenv import CREDENTIALS_FOLDER, ignored_env_files
 from .errors import BootstrapError, ConfigError, ExitCode, NotRotated, StorageError
 from .models import SavedRegistration
@@ -76,6 +76,8 @@ async def _watch(
     Paced so that it cannot storm: a renewal the server refuses is retried with an exponential backoff,
     and a round that registered a new client is followed by a full interval (one new client at most).
     """
+    from . import metrics  # 'watch' only: a run that exits does not pay for prometheus_client's import
+
     monitor, listener = await metrics.start(settings)  # DCR_METRICS_ADDR: /metrics, /healthz, /readyz
     try:
         seen = _app_credentials(_saved_or_none(settings))
