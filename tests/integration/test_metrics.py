@@ -26,12 +26,13 @@ def _get(url: str) -> tuple[int, str]:
 
 
 def _until(proc: subprocess.Popen[str], event: str) -> dict[str, object]:
-    """The first log line of ``proc`` with this event (lines before it are skipped)."""
+    """The first log line of ``proc`` with this event; a round that ends before it is a failure, not a wait."""
     assert proc.stderr is not None
     for line in proc.stderr:
         entry = json.loads(line)
         if entry["event"] == event:
             return dict(entry)
+        assert entry["event"] != "Credentials written", f"'watch' finished a round before logging {event!r}"
     raise AssertionError(f"'watch' ended before logging {event!r}")
 
 

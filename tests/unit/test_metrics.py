@@ -20,6 +20,7 @@ from bootstrap import _http, commands, metrics
 from bootstrap.errors import ConfigError
 from bootstrap.settings import Settings, load_settings
 from tests.fakeserver import IAT, FakeServer, saved, serving, settings_for
+from tests.unit.conftest import Clock
 
 
 @dataclass
@@ -193,3 +194,15 @@ def test_http_requests_are_named_by_endpoint_role_never_by_url() -> None:
     assert _http.endpoint_role("PUT", base + "/clients-registrations/openid-connect/x", False) == (
         "registration_management"
     )
+
+
+async def test_a_change_hook_run_is_counted_by_its_result(server: FakeServer, tmp_path: Path, clock: Clock) -> None:
+    """A round that gave new credentials runs DCR_ON_CHANGE; its exit status 0 counts as one success."""
+    settings = _with_listener(server, tmp_path, dcr_rotate_after=60, dcr_on_change="true")
+    async with watching(settings) as watched:
+        clock.at += 120  # the secret is due for rotation: the next round replaces the client
+        await watched.next_round()
+        _, text = await watched.get("/metrics")
+    found = samples(text)
+    assert found[("dcr_bootstrap_change_hooks_total", (("result", "success"),))] == 1
+    assert found[("dcr_bootstrap_operations_total", (("operation", "register"), ("result", "success")))] == 2
