@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -131,7 +131,7 @@ def _app(monitor: Monitor) -> web.Application:
     async def metrics(_: web.Request) -> web.Response:
         return web.Response(body=generate_latest(monitor.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    def probe(check: Callable[[], bool]) -> Callable[[web.Request], object]:
+    def probe(check: Callable[[], bool]) -> Callable[[web.Request], Awaitable[web.Response]]:
         async def answer(_: web.Request) -> web.Response:
             ok = check()
             return web.Response(status=200 if ok else 503, text="ok\n" if ok else "not ok\n")
@@ -140,8 +140,8 @@ def _app(monitor: Monitor) -> web.Application:
 
     app = web.Application(client_max_size=MAX_REQUEST)
     app.router.add_get("/metrics", metrics)
-    app.router.add_get("/healthz", probe(monitor.healthy))  # type: ignore[arg-type]
-    app.router.add_get("/readyz", probe(monitor.ready))  # type: ignore[arg-type]
+    app.router.add_get("/healthz", probe(monitor.healthy))
+    app.router.add_get("/readyz", probe(monitor.ready))
     return app
 
 
