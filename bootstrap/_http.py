@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -50,6 +51,29 @@ def retryable(status: int | None, *, sent: bool, idempotent: bool) -> bool:
 
 # No metadata, registration or token response comes near this; a larger one is a broken or hostile server.
 MAX_BODY = 1024 * 1024
+
+
+# Told of every attempt's answer as (endpoint role, status or "error", seconds) when 'watch' serves
+# metrics (bootstrap.metrics); a role is one of a few names, never a URL, header or body.
+Observer = Callable[[str, str, float], None]
+observers: list[Observer] = []
+
+
+def endpoint_role(method: str, url: str, form: bool) -> str:
+    """The low-cardinality name of what ``url`` is for: discovery, token, admin or (RFC 7591/7592) registration."""
+    path = urlsplit(url).path
+    if "/.well-known/" in path:
+        return "discovery"
+    if form:
+        return "token"
+    if path.startswith("/admin/") or "/admin/realms/" in path:
+        return "admin"
+    return "registration" if method == "POST" else "registration_management"
+
+
+def _observe(role: str, code: str, started: float) -> None:
+    for observer in observers:
+        observer(role, code, time.monotonic() - started)
 
 
 @dataclass(frozen=True)
@@ -185,6 +209,7 @@ class Transport:
         if not is_absolute_http(url):
             raise ServerResponseError(f"{url!r} named by the server is not an absolute http(s) URL; nothing was sent.")
         target = self.wire_url(url)
+        role = endpoint_role(method, url, form is not None)
         started = time.monotonic()
         try:
             async with self._session.request(
@@ -201,7 +226,9 @@ class Transport:
                 resp_headers = {k.lower(): v for k, v in resp.headers.items()}
                 body = await read_capped(resp, target)
         except (aiohttp.ClientError, TimeoutError) as exc:
+            _observe(role, "error", started)
             raise _translate(exc, method, target, idempotent=idempotent) from None
+        _observe(role, str(status), started)
         # Method, URL, status and time only: headers and bodies carry secrets.
         log.debug("HTTP", method=method, url=target, status=status, ms=round((time.monotonic() - started) * 1000))
         if retryable(status, sent=True, idempotent=idempotent):

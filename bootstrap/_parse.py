@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated
 from urllib.parse import urlsplit
 
-from pydantic import BeforeValidator, Field, SecretStr
+from pydantic import AfterValidator, BeforeValidator, Field, SecretStr
 from pydantic_settings import NoDecode
 
 from . import envnames
@@ -39,6 +39,25 @@ def parse_duration(value: object) -> object:
 # Every duration setting: seconds as a float in the code, plain seconds or a unit in the environment.
 Duration = Annotated[float, BeforeValidator(parse_duration), Field(ge=0, allow_inf_nan=False)]
 PositiveDuration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0, allow_inf_nan=False)]
+
+
+def split_addr(value: str) -> tuple[str, int]:
+    """``host:port`` (an IPv6 host in brackets) as its host and port; ValueError when it is not one."""
+    host, colon, port = value.strip().rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not colon or not port.isdigit() or not 0 <= int(port) < 65536 or not _HOST.fullmatch(host):
+        raise ValueError("must be host:port to listen on, e.g. 127.0.0.1:9464, 0.0.0.0:9464 or [::1]:9464")
+    return host, int(port)
+
+
+def _listen_addr(value: str) -> str:
+    split_addr(value)
+    return value.strip()
+
+
+# An IPv4/IPv6 literal or a DNS name: nothing a socket would read as something else.
+_HOST = re.compile(r"[0-9A-Za-z.:-]{1,253}")
+ListenAddr = Annotated[str, AfterValidator(_listen_addr)]
 
 # Grant types of RFC 6749, 7522, 7523, 8628, 8693 and OpenID CIBA: anything else is a typo.
 KNOWN_GRANT_TYPES = frozenset(

@@ -76,28 +76,38 @@ async def _watch(
     Paced so that it cannot storm: a renewal the server refuses is retried with an exponential backoff,
     and a round that registered a new client is followed by a full interval (one new client at most).
     """
+    from . import metrics  # 'watch' only: a run that exits does not pay for prometheus_client's import
+
+    monitor, listener = await metrics.start(settings)  # DCR_METRICS_ADDR: /metrics, /healthz, /readyz
     try:
         seen = _app_credentials(_saved_or_none(settings))
         behind = 0  # rounds in a row that left the renewal due
         while True:
             wait = settings.dcr_watch_interval
+            monitor.round_started()
             try:
                 outcome = await _run(settings, args)
+                monitor.succeeded(outcome)
                 behind = behind + 1 if lifecycle.due(settings, outcome.registration) else 0
                 if outcome.action not in ("registered", "replaced"):
                     wait = lifecycle.next_check(settings, outcome.registration, wait, behind)
                 now = _app_credentials(outcome.registration)
                 if seen is not None and now != seen and settings.dcr_on_change:
-                    await hooks.on_change(settings.dcr_on_change, settings.dcr_on_change_timeout)
+                    monitor.hook_ran(await hooks.on_change(settings.dcr_on_change, settings.dcr_on_change_timeout))
                 seen = now
             except BootstrapError as exc:
                 # A sidecar that exits is restarted anyway; keep the last good file and try again later.
+                monitor.failed(exc)
                 logger.error(exc.line(), exit_code=int(exc.exit_code), error_type=type(exc).__name__)
+            monitor.sleeping(wait)
             await sleep(wait)
     except asyncio.CancelledError:
         logger.info("Stopping watch")
         if settings.dcr_delete_on_exit:
             await _delete_on_exit(settings)
+    finally:
+        if listener is not None:
+            await listener.stop()
 
 
 def _app_credentials(saved: SavedRegistration | None) -> tuple[str, str | None] | None:

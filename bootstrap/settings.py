@@ -20,12 +20,7 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import (
-    BaseSettings,
-    DotEnvSettingsSource,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-)
+from pydantic_settings import BaseSettings, DotEnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
 from . import envnames, log
 from ._dotenv import DEFAULT_CLIENT_FILE, EXPLICIT, OwnDotEnv, explicit_text
@@ -33,6 +28,7 @@ from ._parse import (
     MAX_CLIENT_NAME,
     CsvList,
     Duration,
+    ListenAddr,
     PositiveDuration,
     ca_context,
     check_header_safe,
@@ -189,6 +185,11 @@ class Settings(BaseSettings):
         "the file, so a per-Pod client never outlives its Pod; one that still works but cannot be deleted is "
         "named and kept.",
     )
+    dcr_metrics_addr: ListenAddr | None = Field(
+        None,
+        description="'watch' only: serve /metrics, /healthz and /readyz on this host:port, e.g. "
+        "127.0.0.1:9464 (docs/monitoring.md). Off by default.",
+    )
 
     # --- Kubernetes shared store ---
     dcr_k8s_secret: str | None = Field(
@@ -239,7 +240,6 @@ class Settings(BaseSettings):
         return init_settings, env_settings, OwnDotEnv(settings_cls, env_file=env_file), file_secret_settings
 
     _split = field_validator("dcr_grant_types", "dcr_redirect_uris", "dcr_contacts", mode="before")(split_csv)
-
     _split_origins = field_validator("dcr_trusted_origins", mode="before")(split_csv)
 
     # Each rule is a function of _parse; pydantic turns its ValueError into the one ConfigError line.

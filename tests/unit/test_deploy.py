@@ -127,6 +127,17 @@ def test_sidecar_variant_is_a_native_sidecar() -> None:
     assert init["restartPolicy"] == "Always" and "startupProbe" in init
 
 
+def test_sidecar_app_starts_after_readyz_and_a_hung_loop_fails_healthz() -> None:
+    """startupProbe GETs /readyz and livenessProbe /healthz, on the port DCR_METRICS_ADDR serves."""
+    sidecar = yaml.safe_load_all((ROOT / "deploy" / "k8s" / "sidecar.yaml").read_text())
+    init = next(d for d in sidecar if d and d["kind"] == "Deployment")["spec"]["template"]["spec"]["initContainers"][0]
+    env = {e["name"]: e.get("value") for e in init["env"]}
+    ports = {p["name"]: p["containerPort"] for p in init["ports"]}
+    assert env["DCR_METRICS_ADDR"] == f"0.0.0.0:{ports['metrics']}"
+    assert init["startupProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    assert init["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+
+
 def shared_store() -> dict[str, dict[str, Any]]:
     docs = yaml.safe_load_all((ROOT / "deploy" / "k8s" / "shared-secret.yaml").read_text())
     return {doc["kind"]: doc for doc in docs if doc}
