@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
 
-from .doctor import Finding, Level
+from .doctor import Finding, Level, jwt_claims
 from .errors import AdminRejected, BootstrapError, Unavailable
 
 if TYPE_CHECKING:
@@ -46,6 +46,7 @@ class Expected:
     server_host: str  # where this host reaches Keycloak (DCR_INTERNAL_URL's host, else KEYCLOAK_URL's)
     admin_base: str  # KEYCLOAK_URL/admin: the admin API (DCR_INTERNAL_URL replaces the base on the wire)
     realm: str
+    token_id: str | None = None  # the initial access token's jti: its id in the realm's list of them
 
 
 # The master-realm admin's login (one attempt): keycloak.login_for, wired in by the command layer.
@@ -110,14 +111,24 @@ def checker_for(settings: Settings, login: Login | None) -> KeycloakChecker | No
         server_host=urlsplit(settings.dcr_internal_url or settings.keycloak_url).hostname or "",
         admin_base=f"{settings.keycloak_url.rstrip('/')}/admin",
         realm=settings.keycloak_realm,
+        token_id=_token_id(settings),
     )
     return KeycloakChecker(expected, login)
+
+
+def _token_id(settings: Settings) -> str | None:
+    token = settings.dcr_initial_access_token
+    claims = jwt_claims(token.get_secret_value()) if token is not None else None
+    jti = claims.get("jti") if claims is not None else None
+    return jti if isinstance(jti, str) else None
 
 
 async def _admin_findings(transport: Transport, token: str, expected: Expected) -> list[Finding]:
     realm = f"{expected.admin_base}/realms/{quote(expected.realm, safe='')}"
     info = await _get(transport, f"{expected.admin_base}/serverinfo", token)
     findings = [_version(info, expected)]
+    if expected.token_id is not None:
+        findings.append(_token_uses(await _get(transport, f"{realm}/clients-initial-access", token), expected.token_id))
     components = await _get(transport, f"{realm}/components?type={POLICY_TYPE}", token)
     kind = "authenticated" if expected.authenticated else "anonymous"
     applying = (
@@ -142,6 +153,19 @@ async def _get(transport: Transport, url: str, token: str) -> Any:
         return json.loads(resp.body)
     except ValueError:
         return None
+
+
+def _token_uses(listed: Any, token_id: str) -> Finding:
+    """The realm's record of our initial access token (its id is the JWT's jti): still there, uses left."""
+    mine = [t for t in listed if isinstance(t, dict) and t.get("id") == token_id] if isinstance(listed, list) else []
+    fix = "Mint a new one ('dcr-bootstrap initial-token') and set DCR_INITIAL_ACCESS_TOKEN."
+    if not mine:
+        what = "The realm has no record of the initial access token: it was revoked, or belongs to another realm."
+        return Finding("blocking", "initial_access_token_uses", what, fix)
+    remaining = mine[0].get("remainingCount")
+    if isinstance(remaining, int) and remaining <= 0:
+        return Finding("blocking", "initial_access_token_uses", "The initial access token is used up.", fix)
+    return Finding("ok", "initial_access_token_uses", f"The initial access token has {remaining} use(s) left.")
 
 
 def version_tuple(text: str) -> tuple[int, ...] | None:

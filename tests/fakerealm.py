@@ -58,6 +58,7 @@ class FakeRealm:
     clients: int = 6
     issuer: str | None = None  # None: the right one
     refuse_admin: bool = False
+    initial_tokens: list[dict[str, Any]] = field(default_factory=list)  # /clients-initial-access
 
     @property
     def issuer_url(self) -> str:
@@ -72,6 +73,7 @@ class FakeRealm:
                 web.get("/admin/serverinfo", self.serverinfo),
                 web.get(f"/admin/realms/{REALM}/components", self.components),
                 web.get(f"/admin/realms/{REALM}/clients", self.client_list),
+                web.get(f"/admin/realms/{REALM}/clients-initial-access", self.initial_access),
                 web.get(f"/admin/realms/{REALM}/default-default-client-scopes", self.default_scopes),
                 web.get(f"/admin/realms/{REALM}/default-optional-client-scopes", self.optional_scopes),
             ]
@@ -103,6 +105,9 @@ class FakeRealm:
     async def client_list(self, request: web.Request) -> web.Response:
         limit = int(request.query.get("max", "100"))
         return web.json_response([{"id": f"u{i}", "clientId": f"c{i}"} for i in range(min(self.clients, limit))])
+
+    async def initial_access(self, _: web.Request) -> web.Response:
+        return web.json_response(self.initial_tokens)
 
     async def default_scopes(self, _: web.Request) -> web.Response:
         return web.json_response([{"id": "1", "name": "profile"}, {"id": "2", "name": "email"}])

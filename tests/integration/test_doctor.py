@@ -80,5 +80,15 @@ def test_doctor_finds_nothing_blocking_in_a_healthy_realm(
     result, found = doctor(env, admin, realm)
     assert result.code == 0, result.stderr
     assert set(found.values()) == {"ok"}, found
-    assert {"reachability", "issuer", "initial_access_token_realm", "keycloak_version"} <= set(found)
+    assert {"reachability", "issuer", "initial_access_token_realm", "initial_access_token_uses"} <= set(found)
     assert run_cli(env).code == 0
+
+
+def test_doctor_names_a_used_up_initial_access_token(
+    keycloak: KeycloakServer, admin: Admin, realm: str, env: dict[str, str]
+) -> None:
+    """The single-use token spent by a real run: the realm's record says so, doctor blocks."""
+    assert run_cli(env).code == 0
+    result, found = doctor(env, admin, realm)
+    assert result.code == DOCTOR_BLOCKED
+    assert found["initial_access_token_uses"] == "blocking"

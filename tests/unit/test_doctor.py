@@ -124,9 +124,11 @@ def test_a_token_that_is_not_a_jwt_has_no_claims(token: str) -> None:
 # --- Keycloak ---
 
 
-def expected(fake: FakeRealm, *, authenticated: bool = False, scopes: tuple[str, ...] = ()) -> keycloak_doctor.Expected:
+def expected(
+    fake: FakeRealm, *, authenticated: bool = False, scopes: tuple[str, ...] = (), token_id: str | None = None
+) -> keycloak_doctor.Expected:
     return keycloak_doctor.Expected(
-        fake.issuer_url, authenticated, scopes, (), "127.0.0.1", f"{fake.base}/admin", REALM
+        fake.issuer_url, authenticated, scopes, (), "127.0.0.1", f"{fake.base}/admin", REALM, token_id
     )
 
 
@@ -199,6 +201,23 @@ async def test_an_unknown_policy_is_a_warning(realm: FakeRealm) -> None:
     """A provider doctor does not know: a warning naming it."""
     realm.policies.append(policy("custom-thing", "authenticated"))
     assert (await realm_findings(realm, expected(realm, authenticated=True)))["policy_custom-thing"] == "warning"
+
+
+@pytest.mark.parametrize(
+    ("listed", "level"),
+    [
+        ([{"id": "jti-1", "count": 1, "remainingCount": 1}], "ok"),
+        ([{"id": "jti-1", "count": 1, "remainingCount": 0}], "blocking"),
+        ([{"id": "jti-2", "count": 1, "remainingCount": 1}], "blocking"),
+    ],
+)
+async def test_the_realm_s_record_of_the_initial_access_token(
+    realm: FakeRealm, listed: list[dict[str, Any]], level: str
+) -> None:
+    """The token (by its jti) with uses left is ok; used up, or not in the realm's list (revoked), blocks."""
+    realm.initial_tokens = listed
+    found = await realm_findings(realm, expected(realm, authenticated=True, token_id="jti-1"))
+    assert found["initial_access_token_uses"] == level
 
 
 async def test_an_affected_keycloak_version_is_a_warning(realm: FakeRealm) -> None:
@@ -293,7 +312,8 @@ def test_doctor_json_lists_the_findings_and_exits_0_when_nothing_blocks(
     realm_in_thread: FakeRealm, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """With a valid initial access token of this realm: a JSON list, no blocking finding, exit 0."""
-    token = jwt(claims(realm_in_thread.issuer_url, exp=int(time.time()) + 600))
+    token = jwt(claims(realm_in_thread.issuer_url, exp=int(time.time()) + 600, jti="jti-1"))
+    realm_in_thread.initial_tokens = [{"id": "jti-1", "count": 1, "remainingCount": 1}]
     monkeypatch.setenv("DCR_INITIAL_ACCESS_TOKEN", token)
     assert cli.run(["doctor", "--json"]) == ExitCode.OK
     listed = json.loads(capsys.readouterr().out)
