@@ -265,22 +265,36 @@ async def _trusted_hosts(component: dict[str, Any], name: str, expected: Expecte
     """Anonymous only: the registering host (as Keycloak sees its address) must be trusted, if the policy says so."""
     trusted = _config(component, "trusted-hosts")
     addresses = await _trusted_addresses(trusted)
-    ours = await _our_addresses(expected.server_host)
-    fix = (
-        "Set DCR_INITIAL_ACCESS_TOKEN (an initial access token is not subject to Trusted Hosts; "
-        "'dcr-bootstrap initial-token' mints one), or add this host to the policy's trusted hosts."
-    )
-    if _flag(component, "host-sending-registration-request-must-match", True) and not ours & addresses:
-        seen = ", ".join(sorted(ours)) or "unknown"
-        return Finding(
-            "blocking", "policy_trusted-hosts", f"Policy '{name}' refuses anonymous registration from {seen}.", fix
-        )
+    if _flag(component, "host-sending-registration-request-must-match", True):
+        ours = await _our_addresses(expected.server_host)
+        if not ours & addresses:
+            return _untrusted_sender(name, ours, trusted)
     if _flag(component, "client-uris-must-match", True):
         untrusted = [h for h in expected.redirect_hosts if h not in trusted and h not in addresses]
         if untrusted:
             what = f"Policy '{name}' refuses the redirect URIs' hosts {', '.join(untrusted)}."
-            return Finding("blocking", "policy_trusted-hosts", what, fix)
+            return Finding("blocking", "policy_trusted-hosts", what, _TRUST_FIX)
     return Finding("ok", "policy_trusted-hosts", f"Policy '{name}' trusts this host.")
+
+
+_TRUST_FIX = (
+    "Set DCR_INITIAL_ACCESS_TOKEN (an initial access token is not subject to Trusted Hosts; 'dcr-bootstrap "
+    "initial-token' mints one), or add this host to the policy's trusted hosts."
+)
+
+
+def _untrusted_sender(name: str, ours: set[str], trusted: list[str]) -> Finding:
+    """Blocking when we know our address and no entry can match it; a warning when we cannot tell."""
+    if not ours:
+        what = f"Policy '{name}' trusts only {', '.join(trusted) or 'no host'}; this host's address is unknown here."
+        return Finding("warning", "policy_trusted-hosts", what, _TRUST_FIX)
+    seen = ", ".join(sorted(ours))
+    if any(entry.startswith("*.") for entry in trusted):
+        # Keycloak matches a wildcard domain by the reverse DNS name of the sender: not something to judge here.
+        what = f"Policy '{name}' trusts {', '.join(trusted)}: {seen} passes only if its reverse DNS name matches."
+        return Finding("warning", "policy_trusted-hosts", what, _TRUST_FIX)
+    what = f"Policy '{name}' refuses anonymous registration from {seen} (it trusts {', '.join(trusted) or 'no host'})."
+    return Finding("blocking", "policy_trusted-hosts", what, _TRUST_FIX)
 
 
 async def _resolve(host: str) -> set[str]:

@@ -3,6 +3,7 @@ Keycloak realm), the exit code when one blocks, and the JSON the command prints.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -158,6 +159,19 @@ async def test_a_trusted_host_passes_the_trusted_hosts_policy(realm: FakeRealm) 
     """Our address (loopback towards a loopback Keycloak) among the trusted hosts: ok."""
     realm.policies[0]["config"]["trusted-hosts"] = ["127.0.0.1"]
     assert (await realm_findings(realm, expected(realm)))["policy_trusted-hosts"] == "ok"
+
+
+async def test_a_wildcard_trusted_host_is_only_a_warning(realm: FakeRealm) -> None:
+    """Keycloak matches *.domain by the sender's reverse DNS name: doctor cannot tell, so it warns."""
+    realm.policies[0]["config"]["trusted-hosts"] = ["*.example.test"]
+    assert (await realm_findings(realm, expected(realm)))["policy_trusted-hosts"] == "warning"
+
+
+async def test_a_redirect_uri_host_the_trusted_hosts_policy_does_not_trust_blocks(realm: FakeRealm) -> None:
+    """client-uris-must-match: a redirect URI on an untrusted host is refused even from a trusted sender."""
+    realm.policies[0]["config"]["trusted-hosts"] = ["127.0.0.1"]
+    wanted = dataclasses.replace(expected(realm), redirect_hosts=("app.example.test",))
+    assert (await realm_findings(realm, wanted))["policy_trusted-hosts"] == "blocking"
 
 
 async def test_an_initial_access_token_is_judged_by_the_authenticated_policies(realm: FakeRealm) -> None:
