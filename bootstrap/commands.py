@@ -167,6 +167,7 @@ async def _doctor(settings: Settings, args: argparse.Namespace) -> None:
     sys.stdout.flush()
     if (blocked := doctor.blocked(findings)) is not None:
         raise blocked
+    logger.info("No finding blocks a registration", warnings=sum(f.level == "warning" for f in findings))
 
 
 async def _backup(settings: Settings, args: argparse.Namespace) -> None:

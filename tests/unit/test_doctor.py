@@ -64,6 +64,14 @@ async def test_an_unreachable_server_blocks(tmp_path: Path) -> None:
     assert blocked is not None and blocked.exit_code == ExitCode.DOCTOR_BLOCKED
 
 
+async def test_a_missing_realm_blocks_with_a_fix_naming_it(fake_realm: FakeRealm, tmp_path: Path) -> None:
+    """Keycloak answers 404 for the metadata of a realm that does not exist: the fix names KEYCLOAK_REALM."""
+    settings = Settings(keycloak_url=fake_realm.base, keycloak_realm="nope", dcr_client_file=tmp_path / "c.json")
+    findings = await diagnose(settings)
+    assert [(f.check, f.level) for f in findings] == [("reachability", "blocking")]
+    assert "KEYCLOAK_REALM" in findings[0].fix
+
+
 async def test_an_issuer_mismatch_blocks(server: FakeServer, tmp_path: Path) -> None:
     """The document names another issuer: blocking, with DCR_INTERNAL_URL in the fix."""
     server.metadata_extra = {"issuer": "https://public.example.test"}
@@ -134,7 +142,7 @@ def expected(
 
 
 @pytest.fixture
-async def realm() -> AsyncIterator[FakeRealm]:
+async def fake_realm() -> AsyncIterator[FakeRealm]:
     fake = FakeRealm()
     async with serve_app(fake.app()) as fake.base:
         yield fake
@@ -148,73 +156,81 @@ async def realm_findings(fake: FakeRealm, wanted: keycloak_doctor.Expected, acce
         return levels(await checker.realm_findings(transport, ServerMetadata(issuer=fake.issuer_url)))
 
 
-async def test_the_default_trusted_hosts_policy_refuses_anonymous_registration(realm: FakeRealm) -> None:
+async def test_the_default_trusted_hosts_policy_refuses_anonymous_registration(fake_realm: FakeRealm) -> None:
     """A new realm trusts no host: without an initial access token the registration is refused."""
-    found = await realm_findings(realm, expected(realm))
+    found = await realm_findings(fake_realm, expected(fake_realm))
     assert found["policy_trusted-hosts"] == "blocking"
     assert found["policy_scope"] == "warning"  # Full Scope Disabled changes the client
 
 
-async def test_a_trusted_host_passes_the_trusted_hosts_policy(realm: FakeRealm) -> None:
+async def test_a_trusted_host_passes_the_trusted_hosts_policy(fake_realm: FakeRealm) -> None:
     """Our address (loopback towards a loopback Keycloak) among the trusted hosts: ok."""
-    realm.policies[0]["config"]["trusted-hosts"] = ["127.0.0.1"]
-    assert (await realm_findings(realm, expected(realm)))["policy_trusted-hosts"] == "ok"
+    fake_realm.policies[0]["config"]["trusted-hosts"] = ["127.0.0.1"]
+    assert (await realm_findings(fake_realm, expected(fake_realm)))["policy_trusted-hosts"] == "ok"
 
 
-async def test_a_wildcard_trusted_host_is_only_a_warning(realm: FakeRealm) -> None:
+async def test_a_wildcard_trusted_host_is_only_a_warning(fake_realm: FakeRealm) -> None:
     """Keycloak matches *.domain by the sender's reverse DNS name: doctor cannot tell, so it warns."""
-    realm.policies[0]["config"]["trusted-hosts"] = ["*.example.test"]
-    assert (await realm_findings(realm, expected(realm)))["policy_trusted-hosts"] == "warning"
+    fake_realm.policies[0]["config"]["trusted-hosts"] = ["*.example.test"]
+    assert (await realm_findings(fake_realm, expected(fake_realm)))["policy_trusted-hosts"] == "warning"
 
 
-async def test_a_redirect_uri_host_the_trusted_hosts_policy_does_not_trust_blocks(realm: FakeRealm) -> None:
+async def test_a_redirect_uri_host_the_trusted_hosts_policy_does_not_trust_blocks(fake_realm: FakeRealm) -> None:
     """client-uris-must-match: a redirect URI on an untrusted host is refused even from a trusted sender."""
-    realm.policies[0]["config"]["trusted-hosts"] = ["127.0.0.1"]
-    wanted = dataclasses.replace(expected(realm), redirect_hosts=("app.example.test",))
-    assert (await realm_findings(realm, wanted))["policy_trusted-hosts"] == "blocking"
+    fake_realm.policies[0]["config"]["trusted-hosts"] = ["127.0.0.1"]
+    wanted = dataclasses.replace(expected(fake_realm), redirect_hosts=("app.example.test",))
+    assert (await realm_findings(fake_realm, wanted))["policy_trusted-hosts"] == "blocking"
 
 
-async def test_an_initial_access_token_is_judged_by_the_authenticated_policies(realm: FakeRealm) -> None:
+async def test_an_initial_access_token_is_judged_by_the_authenticated_policies(fake_realm: FakeRealm) -> None:
     """With a token the anonymous Trusted Hosts policy does not apply."""
-    found = await realm_findings(realm, expected(realm, authenticated=True))
+    found = await realm_findings(fake_realm, expected(fake_realm, authenticated=True))
     assert "policy_trusted-hosts" not in found
     assert found["policy_allowed-client-templates"] == "ok"
 
 
-async def test_max_clients_reached_blocks(realm: FakeRealm) -> None:
+async def test_max_clients_reached_blocks(fake_realm: FakeRealm) -> None:
     """An authenticated Max Clients policy whose limit the realm's client count reached."""
-    realm.policies.append(policy("max-clients", "authenticated", "Max", **{"max-clients": ["6"]}))
-    assert (await realm_findings(realm, expected(realm, authenticated=True)))["policy_max-clients"] == "blocking"
+    fake_realm.policies.append(policy("max-clients", "authenticated", "Max", **{"max-clients": ["6"]}))
+    assert (await realm_findings(fake_realm, expected(fake_realm, authenticated=True)))[
+        "policy_max-clients"
+    ] == "blocking"
 
 
-async def test_max_clients_below_the_limit_is_ok(realm: FakeRealm) -> None:
+async def test_max_clients_below_the_limit_is_ok(fake_realm: FakeRealm) -> None:
     """Room left under the limit: ok."""
-    realm.policies.append(policy("max-clients", "authenticated", "Max", **{"max-clients": ["7"]}))
-    assert (await realm_findings(realm, expected(realm, authenticated=True)))["policy_max-clients"] == "ok"
+    fake_realm.policies.append(policy("max-clients", "authenticated", "Max", **{"max-clients": ["7"]}))
+    assert (await realm_findings(fake_realm, expected(fake_realm, authenticated=True)))["policy_max-clients"] == "ok"
 
 
-async def test_a_scope_outside_the_allowed_client_scopes_blocks(realm: FakeRealm) -> None:
+async def test_a_scope_outside_the_allowed_client_scopes_blocks(fake_realm: FakeRealm) -> None:
     """DCR_SCOPE asks for a scope that is neither allowed nor a realm default."""
-    found = await realm_findings(realm, expected(realm, authenticated=True, scopes=("email", "custom")))
+    found = await realm_findings(fake_realm, expected(fake_realm, authenticated=True, scopes=("email", "custom")))
     assert found["policy_allowed-client-templates"] == "blocking"
 
 
-async def test_realm_default_scopes_pass_the_allowed_client_scopes_policy(realm: FakeRealm) -> None:
+async def test_realm_default_scopes_pass_the_allowed_client_scopes_policy(fake_realm: FakeRealm) -> None:
     """allow-default-scopes: the realm's default and optional scopes are allowed."""
-    found = await realm_findings(realm, expected(realm, authenticated=True, scopes=("email", "offline_access")))
+    found = await realm_findings(
+        fake_realm, expected(fake_realm, authenticated=True, scopes=("email", "offline_access"))
+    )
     assert found["policy_allowed-client-templates"] == "ok"
 
 
-async def test_a_client_disabled_policy_blocks(realm: FakeRealm) -> None:
+async def test_a_client_disabled_policy_blocks(fake_realm: FakeRealm) -> None:
     """New clients registered disabled cannot get a token: blocking."""
-    realm.policies.append(policy("client-disabled", "authenticated"))
-    assert (await realm_findings(realm, expected(realm, authenticated=True)))["policy_client-disabled"] == "blocking"
+    fake_realm.policies.append(policy("client-disabled", "authenticated"))
+    assert (await realm_findings(fake_realm, expected(fake_realm, authenticated=True)))[
+        "policy_client-disabled"
+    ] == "blocking"
 
 
-async def test_an_unknown_policy_is_a_warning(realm: FakeRealm) -> None:
+async def test_an_unknown_policy_is_a_warning(fake_realm: FakeRealm) -> None:
     """A provider doctor does not know: a warning naming it."""
-    realm.policies.append(policy("custom-thing", "authenticated"))
-    assert (await realm_findings(realm, expected(realm, authenticated=True)))["policy_custom-thing"] == "warning"
+    fake_realm.policies.append(policy("custom-thing", "authenticated"))
+    assert (await realm_findings(fake_realm, expected(fake_realm, authenticated=True)))[
+        "policy_custom-thing"
+    ] == "warning"
 
 
 @pytest.mark.parametrize(
@@ -226,18 +242,18 @@ async def test_an_unknown_policy_is_a_warning(realm: FakeRealm) -> None:
     ],
 )
 async def test_the_realm_s_record_of_the_initial_access_token(
-    realm: FakeRealm, listed: list[dict[str, Any]], level: str
+    fake_realm: FakeRealm, listed: list[dict[str, Any]], level: str
 ) -> None:
     """The token (by its jti) with uses left is ok; used up, or not in the realm's list (revoked), blocks."""
-    realm.initial_tokens = listed
-    found = await realm_findings(realm, expected(realm, authenticated=True, token_id="jti-1"))
+    fake_realm.initial_tokens = listed
+    found = await realm_findings(fake_realm, expected(fake_realm, authenticated=True, token_id="jti-1"))
     assert found["initial_access_token_uses"] == level
 
 
-async def test_an_affected_keycloak_version_is_a_warning(realm: FakeRealm) -> None:
+async def test_an_affected_keycloak_version_is_a_warning(fake_realm: FakeRealm) -> None:
     """Keycloak 26.7.0 is affected by CVE-2026-16102."""
-    realm.version = "26.7.0"
-    assert (await realm_findings(realm, expected(realm, authenticated=True)))["keycloak_version"] == "warning"
+    fake_realm.version = "26.7.0"
+    assert (await realm_findings(fake_realm, expected(fake_realm, authenticated=True)))["keycloak_version"] == "warning"
 
 
 @pytest.mark.parametrize(
@@ -268,15 +284,15 @@ def test_a_version_suffix_is_ignored() -> None:
     assert keycloak_doctor.version_tuple("nightly") is None
 
 
-async def test_refused_admin_credentials_are_a_warning(realm: FakeRealm) -> None:
+async def test_refused_admin_credentials_are_a_warning(fake_realm: FakeRealm) -> None:
     """Policies unreadable is not a reason to block: a warning saying what to set."""
-    realm.refuse_admin = True
-    assert (await realm_findings(realm, expected(realm)))["realm_policies"] == "warning"
+    fake_realm.refuse_admin = True
+    assert (await realm_findings(fake_realm, expected(fake_realm)))["realm_policies"] == "warning"
 
 
-async def test_without_admin_credentials_the_policies_are_a_warning(realm: FakeRealm) -> None:
+async def test_without_admin_credentials_the_policies_are_a_warning(fake_realm: FakeRealm) -> None:
     """No admin credentials: one warning, no request to the admin API."""
-    assert await realm_findings(realm, expected(realm), access=False) == {"realm_policies": "warning"}
+    assert await realm_findings(fake_realm, expected(fake_realm), access=False) == {"realm_policies": "warning"}
 
 
 def claims(fake_issuer: str, **extra: Any) -> dict[str, Any]:
