@@ -61,6 +61,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub.add_parser("show", help="print the saved registration, secrets redacted")
     sub.add_parser("delete", help="delete the client on the server (RFC 7592) and remove the file")
+    doctor = sub.add_parser(
+        "doctor",
+        help="check, without registering anything, that a registration would work: reachability, discovery, "
+        "the initial access token and (with admin credentials) Keycloak's registration policies and version",
+    )
+    doctor.add_argument("--json", action="store_true", help="print the findings as a JSON list")
     backup = sub.add_parser("backup", help="copy the saved registration into DIR (mode 0600, a timestamped name)")
     backup.add_argument("dir", type=Path, metavar="DIR", help="the folder to copy it into (created 0700)")
     restore = sub.add_parser(

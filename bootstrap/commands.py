@@ -165,6 +165,21 @@ async def _delete(settings: Settings, _: argparse.Namespace) -> None:
     await flow.delete(settings, admin=keycloak.admin_for(settings))
 
 
+async def _doctor(settings: Settings, args: argparse.Namespace) -> None:
+    """Will a registration work? One line per finding on stdout (or --json); exit DOCTOR_BLOCKED if one blocks."""
+    settings.check_server()
+    from . import doctor, keycloak_doctor  # only for this command
+
+    async with flow.transport_for(settings, Deadline(settings.dcr_wait_timeout)) as transport:
+        checker = keycloak_doctor.checker_for(settings, keycloak.login_for(settings))
+        findings = await doctor.diagnose(settings, transport, checker)
+    sys.stdout.write(doctor.render(findings, args.json))
+    sys.stdout.flush()
+    if (blocked := doctor.blocked(findings)) is not None:
+        raise blocked
+    logger.info("No finding blocks a registration", warnings=sum(f.level == "warning" for f in findings))
+
+
 async def _backup(settings: Settings, args: argparse.Namespace) -> None:
     await backups.backup(settings, args.dir)
 
@@ -267,6 +282,7 @@ COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], Awaitable[object]]]
     "env": _env,
     "show": _show,
     "delete": _delete,
+    "doctor": _doctor,
     "backup": _backup,
     "restore": _restore,
     "initial-token": _initial_token,

@@ -28,6 +28,7 @@ values: only names of settings, HTTP status codes and the server's own ``error``
     │   └── AdminRejected .................. ADMIN_REJECTED    Keycloak's admin API refused
     ├── NotRotated ......................... NOT_ROTATED       'rotate' left the secret as it was
     ├── NotDeleted ......................... NOT_DELETED       'delete' left a working client it could not delete
+    ├── DoctorBlocked ...................... DOCTOR_BLOCKED    'doctor' found something a registration fails on
     └── StorageError ....................... STORAGE           a file or the Secret: read, lock, write
         ├── StoreConflict                       the Secret changed since it was read (409): re-read
         ├── AmbiguousWrite                      a Secret write was sent, its answer lost: re-read
@@ -105,6 +106,13 @@ class ExitCode(IntEnum):
             "line and stays in the file (or its list of replaced registrations)"
         ),
     )
+    DOCTOR_BLOCKED = (
+        11,
+        (
+            "doctor: a finding blocks a registration (unreachable server, issuer mismatch, expired initial access "
+            "token, a realm policy that refuses it...); each finding's line names its fix. Nothing was registered"
+        ),
+    )
     INTERRUPTED = 130, "interrupted by a signal; nothing half-written was left behind"
 
 
@@ -143,6 +151,12 @@ class NotDeleted(BootstrapError):
     """'delete' left a client that still works (its credentials are accepted): it stays saved, and named."""
 
     exit_code = ExitCode.NOT_DELETED
+
+
+class DoctorBlocked(BootstrapError):
+    """'doctor' found at least one thing a registration would fail on (the findings say what and how to fix)."""
+
+    exit_code = ExitCode.DOCTOR_BLOCKED
 
 
 class StorageError(BootstrapError):

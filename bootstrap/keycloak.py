@@ -12,7 +12,7 @@ masked the moment it is parsed and held to the rules of any server credential (`
 from __future__ import annotations
 
 import json
-from collections.abc import Set
+from collections.abc import Awaitable, Callable, Set
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 from urllib.parse import quote
@@ -305,6 +305,14 @@ def admin_for(settings: Settings) -> AdminFor | None:
     if access is None:
         return None
     return lambda transport, policy: KeycloakAdmin(transport, policy, access)
+
+
+def login_for(settings: Settings) -> Callable[[Transport], Awaitable[str]] | None:
+    """The admin login 'doctor' is given (one attempt), when the settings hold Keycloak admin credentials."""
+    access = access_from(settings)
+    if access is None:
+        return None
+    return lambda transport: admin_token(transport, access.base_url, access.username, access.password)
 
 
 def _parsed(body: bytes) -> object:

@@ -301,6 +301,19 @@ class Admin:
                 return
         raise AdminError(f"realm {realm} has no anonymous Trusted Hosts policy")
 
+    def add_registration_policy(self, realm: str, provider: str, sub_type: str, config: dict[str, list[str]]) -> None:
+        """Add a client-registration policy (e.g. ``max-clients`` for ``authenticated`` registrations)."""
+        parent = self._call("GET", f"/admin/realms/{realm}")["id"]
+        component = {
+            "name": f"{provider}-{sub_type}",
+            "providerId": provider,
+            "providerType": "org.keycloak.services.clientregistration.policy.ClientRegistrationPolicy",
+            "parentId": parent,
+            "subType": sub_type,
+            "config": config,
+        }
+        self._call("POST", f"/admin/realms/{realm}/components", body=component)
+
     def set_secret_rotation(self, realm: str, *, expiration: int, remaining: int, rotated: int) -> None:
         """Keycloak's client secret rotation policy for every confidential client of ``realm`` (seconds).
 
