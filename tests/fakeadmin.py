@@ -72,14 +72,19 @@ class FakeAdmin:
 
     def env(self) -> dict[str, str]:
         """The environment of a CLI run whose Keycloak is this fake."""
-        return {
-            "KEYCLOAK_URL": self.base,
-            "KEYCLOAK_REALM": REALM,
-            "KEYCLOAK_ADMIN_USERNAME": "admin",
-            "KEYCLOAK_ADMIN_PASSWORD": PASSWORD,
-            "DCR_WAIT_TIMEOUT": "5",
-            "DCR_LOG_FORMAT": "json",
-        }
+        return admin_env(self.base)
+
+
+def admin_env(base: str) -> dict[str, str]:
+    """The environment of a CLI run against a fake Keycloak at ``base``, with the fakes' admin credentials."""
+    return {
+        "KEYCLOAK_URL": base,
+        "KEYCLOAK_REALM": REALM,
+        "KEYCLOAK_ADMIN_USERNAME": "admin",
+        "KEYCLOAK_ADMIN_PASSWORD": PASSWORD,
+        "DCR_WAIT_TIMEOUT": "5",
+        "DCR_LOG_FORMAT": "json",
+    }
 
 
 @contextmanager

@@ -15,8 +15,9 @@ from typing import Any
 
 from aiohttp import web
 
-REALM = "demo"
-PASSWORD = "admin-password-value"
+from tests.fakeadmin import PASSWORD as PASSWORD
+from tests.fakeadmin import REALM as REALM
+from tests.fakeadmin import admin_env
 
 
 def policy(provider: str, sub_type: str, name: str | None = None, **config: list[str]) -> dict[str, Any]:
@@ -116,11 +117,4 @@ class FakeRealm:
         return web.json_response([{"id": "3", "name": "offline_access"}])
 
     def env(self) -> dict[str, str]:
-        return {
-            "KEYCLOAK_URL": self.base,
-            "KEYCLOAK_REALM": REALM,
-            "KEYCLOAK_ADMIN_USERNAME": "admin",
-            "KEYCLOAK_ADMIN_PASSWORD": PASSWORD,
-            "DCR_WAIT_TIMEOUT": "5",
-            "DCR_LOG_FORMAT": "json",
-        }
+        return admin_env(self.base)
