@@ -10,6 +10,7 @@ package is imported only then, so the default path never pays for it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from pathlib import Path
 
@@ -47,14 +48,27 @@ def capped(text: str, limit: int = TERMINATION_LIMIT) -> bytes:
     return raw if len(raw) <= limit else raw[: limit - 3].decode(errors="ignore").encode() + b"..."
 
 
+# The termination file this process wrote a failure to: a later good 'watch' round empties it again.
+_written: list[Path] = []
+
+
 def write_termination(line: str, setting: str | None) -> None:
     """The failed run's last line (masked, capped) into the termination message file; never raises."""
     try:
         path = termination_log(setting)
         if path is not None:
             path.write_bytes(capped(printable(line, log.VALUE_LIMIT)))  # as the log line reads
+            _written[:] = [path]
     except OSError as exc:
         logger.warning(f"Could not write the termination message to {setting or DEFAULT_TERMINATION_LOG}: {exc}")
+
+
+def _clear_termination() -> None:
+    """A sidecar that recovered and is then stopped must not show a failure it no longer has."""
+    for path in _written:
+        with contextlib.suppress(OSError):  # said when it was written; the next failure overwrites it anyway
+            path.write_bytes(b"")
+    _written.clear()
 
 
 def _pod(settings: Settings | None) -> tuple[str, str] | None:
@@ -90,6 +104,7 @@ async def record(settings: Settings | None, reason: str, message: str, *, warnin
 
 async def succeeded(settings: Settings, action: str, client_id: str, why: str | None = None) -> None:
     """The Normal Event of a run's outcome: what it did to which client."""
+    _clear_termination()
     detail = f" ({why})" if why else ""
     await record(settings, REASONS.get(action, action.capitalize()), f"Client {client_id}: {action}{detail}.")
 

@@ -58,6 +58,7 @@ def fresh(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(notices, "DEFAULT_TERMINATION_LOG", tmp_path / "absent" / "termination-log")
     monkeypatch.setattr(notices, "_last", [])
     monkeypatch.setattr(_events, "_warned", [])
+    monkeypatch.setattr(notices, "_written", [])
 
 
 @pytest.fixture
@@ -223,3 +224,13 @@ async def test_a_failed_watch_round_writes_the_termination_log_and_a_warning_eve
     await commands._watch(settings, argparse.Namespace(), sleep=stop)
     assert "No authorization server configured" in path.read_text()
     assert [(e["reason"], e["type"]) for e in events.posted] == [("Failed", "Warning")]
+
+
+async def test_a_good_watch_round_after_a_failed_one_empties_the_termination_log(tmp_path: Path) -> None:
+    """A sidecar stopped after it recovered shows no stale failure as its termination message."""
+    path = tmp_path / "termination-log"
+    settings = load_settings(dcr_client_file=tmp_path / "c.json", dcr_termination_log=str(path))
+    await notices.round_failed(settings, "Server not ready after 120s")
+    assert path.read_text() == "Server not ready after 120s"
+    await notices.succeeded(settings, "reloaded", "client-1")
+    assert path.read_text() == ""
