@@ -38,6 +38,13 @@ def _failed_events(workload: Workload, pod: str) -> list[dict[str, Any]] | None:
     return found or None
 
 
+def _error_lines(workload: Workload, pod: str) -> list[str]:
+    """The error lines of the init container's current and previous instance."""
+    logs = [workload.kubectl("logs", pod, "-c", "dcr-bootstrap", *previous, check=False) for previous in ([], ["-p"])]
+    lines = [json.loads(line) for text in logs for line in text.splitlines() if line.startswith("{")]
+    return [str(line["event"]) for line in lines if line.get("level") == "error"]
+
+
 def test_a_refused_registration_shows_its_last_line_in_the_termination_message_and_an_event(
     cluster: Cluster, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
@@ -54,8 +61,8 @@ def test_a_refused_registration_shows_its_last_line_in_the_termination_message_a
             return (pods[0]["metadata"]["name"], message) if message else None
 
         pod, message = eventually(failed, 240, "a termination message of the init container", workload.explain)
-        last = json.loads(workload.kubectl("logs", pod, "-c", "dcr-bootstrap").splitlines()[-1])
-        assert message == last["event"]
+        # The container restarts (CrashLoopBackOff): its last line is in the current or the previous log.
+        eventually(lambda: message in _error_lines(workload, pod), 60, "the message as a log line", workload.explain)
         events = eventually(lambda: _failed_events(workload, pod), 60, "a Failed Event", workload.explain)
         assert {(e["type"], e["message"]) for e in events} == {("Warning", message)}
         assert workload.clients(admin) == [] and BAD_TOKEN not in message
