@@ -146,10 +146,39 @@ def octal(value: object) -> object:
     return f"0{value}" if isinstance(value, str) and re.fullmatch(r"[0-7]{3}", value) else value
 
 
+# The settings that name Kubernetes objects, each checked by k8s_name before it goes in a URL.
+K8S_NAME_FIELDS = (
+    "dcr_k8s_secret",
+    "dcr_k8s_lease",
+    "dcr_k8s_namespace",
+    "dcr_k8s_rollout",
+    "dcr_k8s_pod_name",
+    "dcr_k8s_pod_namespace",
+)
+
+
 def k8s_name(value: str | None) -> str | None:
     if value and not K8S_NAME.fullmatch(value):
         raise ValueError("must be a Kubernetes name: lower-case letters, digits, '-' and '.', at most 253")
     return value or None
+
+
+def check_kubernetes(secret: str | None, use_dcr: bool, delete_on_exit: bool, with_secret: tuple[object, ...]) -> None:
+    """The DCR_K8S_* settings that only make sense together (``with_secret``: lease, namespace, rollout)."""
+    if secret and delete_on_exit:
+        raise ConfigError(
+            "DCR_DELETE_ON_EXIT would delete the client that DCR_K8S_SECRET shares with every other Pod when "
+            "this one stops; use one of the two modes (see docs/kubernetes.md)."
+        )
+    if secret and not use_dcr:
+        raise ConfigError(
+            "DCR_K8S_SECRET shares a DCR registration, but USE_DCR=false; unset DCR_K8S_SECRET for static credentials."
+        )
+    if any(with_secret) and not secret:
+        raise ConfigError(
+            "DCR_K8S_LEASE, DCR_K8S_NAMESPACE or DCR_K8S_ROLLOUT is set without DCR_K8S_SECRET; name the Secret "
+            "that holds the shared registration, or unset them."
+        )
 
 
 def origins(values: list[str]) -> list[str]:

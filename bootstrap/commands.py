@@ -11,7 +11,7 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable
 
-from . import backups, envfile, envnames, flow, hooks, keycloak, lifecycle, log, quick, store
+from . import backups, envfile, envnames, flow, hooks, keycloak, lifecycle, log, notices, quick, store
 from ._dotenv import CREDENTIALS_FOLDER, ignored_env_files
 from .errors import BootstrapError, ConfigError, ExitCode, NotRotated, StorageError
 from .models import SavedRegistration
@@ -35,6 +35,7 @@ async def _run(settings: Settings, _: argparse.Namespace) -> flow.Outcome:
         client_id=outcome.registration.client_id,
         action=outcome.action,
     )
+    await notices.succeeded(settings, outcome.action, outcome.registration.client_id, outcome.why)
     return outcome
 
 
@@ -99,6 +100,7 @@ async def _watch(
                 # A sidecar that exits is restarted anyway; keep the last good file and try again later.
                 monitor.failed(exc)
                 logger.error(exc.line(), exit_code=int(exc.exit_code), error_type=type(exc).__name__)
+                await notices.round_failed(settings, exc.line())
             monitor.sleeping(wait)
             await sleep(wait)
     except asyncio.CancelledError:
@@ -334,6 +336,7 @@ def execute(command: str, args: argparse.Namespace) -> int:
         if hint := keycloak.hint_for(exc, settings.keycloak_url if settings else None):
             message = f"{message} Keycloak: {hint}"
         logger.error(message, exit_code=int(exc.exit_code), error_type=type(exc).__name__)
+        notices.run_failed(settings, message)  # the termination message and an Event: where operators look
         return int(exc.exit_code)
     except BrokenPipeError:
         raise  # the CLI ends quietly: the reader ('show | head') went away
@@ -342,9 +345,10 @@ def execute(command: str, args: argparse.Namespace) -> int:
         return int(ExitCode.INTERRUPTED)
     except Exception as exc:  # a bug: say so in one line; the redaction processor still applies
         notes = "".join(f" {note}" for note in getattr(exc, "__notes__", ()))
-        logger.error(
-            f"Unexpected error ({type(exc).__name__}: {exc}); this is a bug, please report it with this log.{notes}",
-            exit_code=int(ExitCode.INTERNAL),
+        message = (
+            f"Unexpected error ({type(exc).__name__}: {exc}); this is a bug, please report it with this log.{notes}"
         )
+        logger.error(message, exit_code=int(ExitCode.INTERNAL))
+        notices.run_failed(settings, message)
         return int(ExitCode.INTERNAL)
     return int(ExitCode.OK)

@@ -25,6 +25,7 @@ from pydantic_settings import BaseSettings, DotEnvSettingsSource, PydanticBaseSe
 from . import envnames, log
 from ._dotenv import DEFAULT_CLIENT_FILE, EXPLICIT, OwnDotEnv, explicit_text
 from ._parse import (
+    K8S_NAME_FIELDS,
     MAX_CLIENT_NAME,
     CsvList,
     Duration,
@@ -32,6 +33,7 @@ from ._parse import (
     PositiveDuration,
     ca_context,
     check_header_safe,
+    check_kubernetes,
     client_file,
     client_name,
     env_names,
@@ -221,6 +223,18 @@ class Settings(BaseSettings):
         "Secret would cross the network unencrypted). Off: such a server is refused before any request.",
     )
 
+    dcr_k8s_pod_name: str | None = Field(
+        None,
+        description="This Pod's name (downward API metadata.name): record a Kubernetes Event on it for each "
+        "run's outcome (RBAC: create on events; with DCR_K8S_POD_NAMESPACE).",
+    )
+    dcr_k8s_pod_namespace: str | None = Field(None, description="This Pod's namespace (downward API).")
+    dcr_termination_log: str | None = Field(
+        None,
+        description="File for a failed run's last line, Kubernetes' termination message (default: "
+        "/dev/termination-log when it exists and is writable; empty: off).",
+    )
+
     # --- logs ---
     dcr_log_format: Literal["auto", "json", "console"] = Field(
         "auto", description="json, console, or auto (console on a terminal, JSON otherwise)."
@@ -245,7 +259,7 @@ class Settings(BaseSettings):
     # Each rule is a function of _parse; pydantic turns its ValueError into the one ConfigError line.
     _urls = field_validator("keycloak_url", "dcr_issuer", "dcr_internal_url")(http_url)
     _octal = field_validator("dcr_file_mode", mode="before")(octal)
-    _k8s = field_validator("dcr_k8s_secret", "dcr_k8s_lease", "dcr_k8s_namespace", "dcr_k8s_rollout")(k8s_name)
+    _k8s = field_validator(*K8S_NAME_FIELDS)(k8s_name)
     _origins = field_validator("dcr_trusted_origins")(origins)
     _redirects = field_validator("dcr_redirect_uris")(redirect_uris)
     _grants = field_validator("dcr_grant_types")(grant_types)
@@ -351,7 +365,8 @@ class Settings(BaseSettings):
                 f"USE_DCR=false but {missing} not set. Set USE_DCR=true to register by DCR, or provide static "
                 "credentials (KEYCLOAK_CLIENT_SECRET_FILE works too)."
             )
-        self._check_kubernetes()
+        k8s = (self.dcr_k8s_lease, self.dcr_k8s_namespace, self.dcr_k8s_rollout)
+        check_kubernetes(self.dcr_k8s_secret, self.use_dcr, self.dcr_delete_on_exit, k8s)
         if (
             self.use_dcr
             and "client_credentials" in self.dcr_grant_types
@@ -362,23 +377,6 @@ class Settings(BaseSettings):
                 "cannot use client_credentials. Use client_secret_basic, or drop client_credentials."
             )
         return self
-
-    def _check_kubernetes(self) -> None:
-        if self.dcr_k8s_secret and self.dcr_delete_on_exit:
-            raise ConfigError(
-                "DCR_DELETE_ON_EXIT would delete the client that DCR_K8S_SECRET shares with every other Pod when "
-                "this one stops; use one of the two modes (see docs/kubernetes.md)."
-            )
-        if self.dcr_k8s_secret and not self.use_dcr:
-            raise ConfigError(
-                "DCR_K8S_SECRET shares a DCR registration, but USE_DCR=false; unset DCR_K8S_SECRET for static "
-                "credentials."
-            )
-        if (self.dcr_k8s_lease or self.dcr_k8s_namespace or self.dcr_k8s_rollout) and not self.dcr_k8s_secret:
-            raise ConfigError(
-                "DCR_K8S_LEASE, DCR_K8S_NAMESPACE or DCR_K8S_ROLLOUT is set without DCR_K8S_SECRET; name the Secret "
-                "that holds the shared registration, or unset them."
-            )
 
 
 def load_settings(env_file: Path | None = None, **overrides: object) -> Settings:

@@ -17,11 +17,13 @@ generated client of the whole API. By layer, each module using only the ones abo
     _aside    a Secret's broken registration set aside under a timestamped key, not obeyed
     _rollout  DCR_K8S_ROLLOUT, level-triggered, and the completed roll-out a retirement waits for
     _shared   run_shared: flow.run under the Lease, with the Secret as the workload's truth
+    _events   record_event: a core/v1 Event on the Pod for a run's outcome, best effort
 """
 
 from ..errors import AmbiguousWrite, InvalidSecret, LeaseLost, LockTimeout, StoreConflict
 from ._client import KubeClient
 from ._config import SERVICE_ACCOUNT_DIR, KubeApi, check_name
+from ._events import record_event
 from ._lease import LEASE_DURATION, RENEW_DEADLINE, RETRY_PERIOD, LeaseLock, holder_identity
 from ._rollout import credentials_digest
 from ._shared import run_shared
@@ -47,5 +49,6 @@ __all__ = [
     "check_name",
     "credentials_digest",
     "holder_identity",
+    "record_event",
     "run_shared",
 ]

@@ -55,8 +55,18 @@ def kept_metadata(obj: dict[str, Any], name: str, namespace: str, resource_versi
 
 
 # Where each kind of object we touch lives in the API, and its RBAC resource name.
-_API_PATHS = {"secret": "/api/v1", "lease": "/apis/coordination.k8s.io/v1", "deployment": "/apis/apps/v1"}
-_RESOURCES = {"secret": "secrets", "lease": "leases.coordination.k8s.io", "deployment": "deployments.apps"}
+_API_PATHS = {
+    "secret": "/api/v1",
+    "lease": "/apis/coordination.k8s.io/v1",
+    "deployment": "/apis/apps/v1",
+    "event": "/api/v1",
+}
+_RESOURCES = {
+    "secret": "secrets",
+    "lease": "leases.coordination.k8s.io",
+    "deployment": "deployments.apps",
+    "event": "events",
+}
 
 
 def _encoded(body: dict[str, Any] | None) -> bytes | None:

@@ -148,7 +148,7 @@ def test_shared_store_role_is_limited_to_its_secret_and_lease() -> None:
     docs = shared_store()
     bootstrap = docs["Deployment"]["spec"]["template"]["spec"]["initContainers"][0]
     env = {e["name"]: e.get("value") for e in bootstrap["env"]}
-    rules = docs["Role"]["rules"]
+    rules = [r for r in docs["Role"]["rules"] if r["resources"] != ["events"]]  # events: test below
     assert {(r["apiGroups"][0], r["resources"][0], r["resourceNames"][0]) for r in rules} == {
         ("", "secrets", env["DCR_K8S_SECRET"]),
         ("coordination.k8s.io", "leases", env["DCR_K8S_LEASE"]),
@@ -163,5 +163,32 @@ def test_shared_store_mounts_a_service_account_token_only_into_the_bootstrap() -
     spec = shared_store()["Deployment"]["spec"]["template"]["spec"]
     assert spec["automountServiceAccountToken"] is False
     token_mount = "/var/run/secrets/kubernetes.io/serviceaccount"
+    assert any(m["mountPath"] == token_mount for m in spec["initContainers"][0]["volumeMounts"])
+    assert not any(m["mountPath"] == token_mount for c in spec["containers"] for m in c["volumeMounts"])
+
+
+def _documents(manifest: Path) -> dict[str, dict[str, Any]]:
+    return {doc["kind"]: doc for doc in yaml.safe_load_all(manifest.read_text()) if doc}
+
+
+@pytest.mark.parametrize("manifest", sorted((ROOT / "deploy" / "k8s").glob("*.yaml")), ids=lambda p: p.name)
+def test_each_manifest_names_the_pod_for_events_from_the_downward_api(manifest: Path) -> None:
+    """DCR_K8S_POD_NAME/NAMESPACE come from the Pod's own metadata, so its Events are about it."""
+    spec = _documents(manifest)["Deployment"]["spec"]["template"]["spec"]
+    env = {e["name"]: e for e in spec["initContainers"][0]["env"]}
+    assert env["DCR_K8S_POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    assert env["DCR_K8S_POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+
+
+@pytest.mark.parametrize("manifest", sorted((ROOT / "deploy" / "k8s").glob("*.yaml")), ids=lambda p: p.name)
+def test_each_manifest_grants_create_on_events_and_a_token_to_the_bootstrap_alone(manifest: Path) -> None:
+    """The Role bound to the Pod's account allows 'create' on events; only dcr-bootstrap mounts a token."""
+    docs = _documents(manifest)
+    events = [r for r in docs["Role"]["rules"] if r["resources"] == ["events"]]
+    assert events == [{"apiGroups": [""], "resources": ["events"], "verbs": ["create"]}]
+    assert docs["RoleBinding"]["subjects"][0]["name"] == docs["ServiceAccount"]["metadata"]["name"]
+    spec = docs["Deployment"]["spec"]["template"]["spec"]
+    token_mount = "/var/run/secrets/kubernetes.io/serviceaccount"
+    assert spec["automountServiceAccountToken"] is False
     assert any(m["mountPath"] == token_mount for m in spec["initContainers"][0]["volumeMounts"])
     assert not any(m["mountPath"] == token_mount for c in spec["containers"] for m in c["volumeMounts"])
