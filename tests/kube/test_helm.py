@@ -43,6 +43,7 @@ COMBINATIONS: dict[str, dict[str, Any]] = {
     },
     "shared-existing-account": {"mode": "shared", "serviceAccount": {"create": False, "name": "workload"}},
     "sidecar-defaults": {"mode": "sidecar"},
+    "sidecar-no-events": {"mode": "sidecar", "events": {"enabled": False}, "metrics": {"port": 9100}},
     "sidecar-any-issuer": {
         "mode": "sidecar",
         "issuer": {"keycloakUrl": "", "realm": "", "url": "https://auth.example.com", "caBundle": {"configMap": "ca"}},
@@ -72,6 +73,14 @@ def bootstrapper(documents: list[dict[str, Any]]) -> dict[str, Any]:
 
 def env_of(container: dict[str, Any]) -> dict[str, Any]:
     return {e["name"]: e.get("value") for e in container.get("env", [])}
+
+
+def named_rules(documents: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The Role's rules limited to named objects (all but the Events rule)."""
+    return [r for r in kinds(documents)["Role"]["rules"] if "resourceNames" in r]
+
+
+EVENTS_RULE = {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]}
 
 
 def refused(values: dict[str, Any]) -> str:
@@ -131,7 +140,7 @@ def test_shared_role_grants_get_and_update_on_exactly_the_secret_and_lease_the_p
     documents = render({"mode": "shared", "shared": shared})
     env = env_of(bootstrapper(documents))
     objects = kinds(documents)
-    rules = objects["Role"]["rules"]
+    rules = named_rules(documents)
     assert sorted((r["apiGroups"], r["resources"], r["resourceNames"]) for r in rules) == [
         ([""], ["secrets"], [env["DCR_K8S_SECRET"]]),
         (["coordination.k8s.io"], ["leases"], [env["DCR_K8S_LEASE"]]),
@@ -180,9 +189,10 @@ def test_shared_secret_is_rendered_empty_and_kept_on_uninstall() -> None:
     assert "data" not in secret and "stringData" not in secret
 
 
-def test_only_the_bootstrapper_gets_a_service_account_token() -> None:
+@pytest.mark.parametrize("mode", ["shared", "sidecar"])
+def test_only_the_bootstrapper_gets_a_service_account_token(mode: str) -> None:
     """No automount anywhere; the projected token is mounted into dcr-bootstrap and into no server container."""
-    documents = render({"mode": "shared"})
+    documents = render({"mode": mode})
     spec = pod_spec(documents)
     assert spec["automountServiceAccountToken"] is False
     assert kinds(documents)["ServiceAccount"]["automountServiceAccountToken"] is False
@@ -210,27 +220,104 @@ def test_shared_mode_runs_once_per_pod_start_unless_asked_to_watch() -> None:
 # -- sidecar mode ---------------------------------------------------------------------------------
 
 
-def test_sidecar_is_native_with_a_startup_probe_on_the_credentials_file() -> None:
-    """restartPolicy Always, `dcr-bootstrap watch`, and a startup probe that passes once the file is written."""
+def test_sidecar_is_native_with_a_startup_probe_on_readyz_and_liveness_on_healthz() -> None:
+    """restartPolicy Always, `dcr-bootstrap watch`, startupProbe GET /readyz (credentials proven) and
+    livenessProbe GET /healthz, both on the named port DCR_METRICS_ADDR listens on."""
     container = bootstrapper(render({"mode": "sidecar"}))
     assert container["restartPolicy"] == "Always"
     assert container["command"] == ["dcr-bootstrap", "watch"]
-    assert container["startupProbe"]["exec"]["command"] == ["test", "-s", env_of(container)["DCR_CLIENT_FILE"]]
+    assert container["ports"] == [{"name": "metrics", "containerPort": 9464, "protocol": "TCP"}]
+    assert env_of(container)["DCR_METRICS_ADDR"] == "0.0.0.0:9464"
+    assert container["startupProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert "exec" not in container["startupProbe"]
+
+
+def test_metrics_port_value_moves_the_listener_and_the_named_port_together() -> None:
+    """metrics.port sets both DCR_METRICS_ADDR and the container port the probes name."""
+    container = bootstrapper(render({"mode": "sidecar", "metrics": {"port": 9100}}))
+    assert env_of(container)["DCR_METRICS_ADDR"] == "0.0.0.0:9100"
+    assert container["ports"][0]["containerPort"] == 9100
+
+
+def test_shared_mode_serves_metrics_only_when_it_watches() -> None:
+    """The one-shot init container exits (no listener, no probes); shared.watch gets both."""
+    once = bootstrapper(render({"mode": "shared"}))
+    assert "DCR_METRICS_ADDR" not in env_of(once) and "ports" not in once and "startupProbe" not in once
+    watching = bootstrapper(render({"mode": "shared", "shared": {"watch": True}}))
+    assert env_of(watching)["DCR_METRICS_ADDR"] == "0.0.0.0:9464"
+    assert watching["startupProbe"]["httpGet"]["path"] == "/readyz"
+
+
+def test_pod_monitor_is_off_by_default() -> None:
+    """No PodMonitor unless metrics.podMonitor.enabled (its CRD may not exist in the cluster)."""
+    assert "PodMonitor" not in kinds(render({"mode": "sidecar"}))
+
+
+def test_pod_monitor_scrapes_the_release_pods_on_the_metrics_port() -> None:
+    """metrics.podMonitor.enabled renders a PodMonitor selecting this release's Pods, port metrics, /metrics."""
+    values = {"mode": "sidecar", "metrics": {"podMonitor": {"enabled": True, "interval": "30s"}}}
+    documents = render(values)
+    monitor = kinds(documents)["PodMonitor"]
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    selector = kinds(documents)["Deployment"]["spec"]["selector"]["matchLabels"]
+    assert monitor["spec"]["selector"]["matchLabels"] == selector
+    assert monitor["spec"]["podMetricsEndpoints"] == [{"port": "metrics", "path": "/metrics", "interval": "30s"}]
+
+
+def test_pod_monitor_without_a_listener_stops_with_what_to_change() -> None:
+    """A PodMonitor for shared mode's one-shot init container (nothing to scrape) is refused."""
+    message = refused({"mode": "shared", "metrics": {"podMonitor": {"enabled": True}}})
+    assert "metrics.podMonitor" in message and "shared.watch" in message
+
+
+@pytest.mark.parametrize("mode", ["shared", "sidecar"])
+def test_bootstrapper_requests_its_measured_peak_memory_with_headroom(mode: str) -> None:
+    """Requests cover docs/PERFORMANCE.md's peak RSS of a run (50 MiB) with headroom; a memory limit above."""
+    resources = bootstrapper(render({"mode": mode}))["resources"]
+    assert resources["requests"] == {"cpu": "10m", "memory": "64Mi"}
+    assert resources["limits"] == {"memory": "128Mi"}
+
+
+@pytest.mark.parametrize("mode", ["shared", "sidecar"])
+def test_pod_name_and_namespace_reach_the_bootstrapper_through_the_downward_api(mode: str) -> None:
+    """DCR_K8S_POD_NAME/_NAMESPACE come from metadata.name/namespace, so Events land on the Pod itself."""
+    env = {e["name"]: e for e in bootstrapper(render({"mode": mode}))["env"]}
+    assert env["DCR_K8S_POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert env["DCR_K8S_POD_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+
+
+@pytest.mark.parametrize("mode", ["shared", "sidecar"])
+def test_role_grants_create_on_events_and_nothing_else_about_them(mode: str) -> None:
+    """One rule for Events: create, in the release namespace (a Role), bound to the Pod's account."""
+    documents = render({"mode": mode})
+    role = kinds(documents)["Role"]
+    assert role["metadata"]["namespace"] == "shop-ns"
+    assert [r for r in role["rules"] if "events" in r["resources"]] == [EVENTS_RULE]
+    assert kinds(documents)["RoleBinding"]["roleRef"]["name"] == role["metadata"]["name"]
 
 
 def test_sidecar_registers_a_client_per_pod_and_deletes_it_on_exit() -> None:
-    """DCR_DELETE_ON_EXIT=true, a client name with {hostname}, no DCR_K8S_* settings."""
+    """DCR_DELETE_ON_EXIT=true, a client name with {hostname}, no shared Secret, Lease or roll-out settings."""
     env = env_of(bootstrapper(render({"mode": "sidecar"})))
     assert env["DCR_DELETE_ON_EXIT"] == "true"
     assert env["DCR_CLIENT_NAME"] == f"{FULLNAME}-{{hostname}}"
-    assert not any(name.startswith("DCR_K8S_") for name in env)
+    assert not {"DCR_K8S_SECRET", "DCR_K8S_LEASE", "DCR_K8S_ROLLOUT"} & set(env)
 
 
-def test_sidecar_mode_grants_no_api_access_and_mounts_no_token() -> None:
-    """No Secret, Lease, Role or RoleBinding, and no service-account token volume."""
+def test_sidecar_mode_grants_only_creating_events() -> None:
+    """No Secret or Lease; the Role's one rule is create on events."""
     documents = render({"mode": "sidecar"})
+    assert {doc["kind"] for doc in documents} == {"ServiceAccount", "Service", "Deployment", "Role", "RoleBinding"}
+    assert kinds(documents)["Role"]["rules"] == [EVENTS_RULE]
+
+
+def test_sidecar_mode_without_events_grants_no_api_access_and_mounts_no_token() -> None:
+    """events.enabled=false: no Role or RoleBinding, no token volume, no downward-API Pod name."""
+    documents = render({"mode": "sidecar", "events": {"enabled": False}})
     assert {doc["kind"] for doc in documents} == {"ServiceAccount", "Service", "Deployment"}
     assert not any("projected" in v for v in pod_spec(documents)["volumes"])
+    assert not {"DCR_K8S_POD_NAME", "DCR_K8S_POD_NAMESPACE"} & set(env_of(bootstrapper(documents)))
 
 
 # -- both modes -----------------------------------------------------------------------------------
@@ -249,7 +336,8 @@ def test_initial_access_token_is_a_mounted_file_never_an_environment_value(mode:
     volume = next(v for v in spec["volumes"] if v["name"] == "dcr-initial-access-token")
     assert volume["secret"]["secretName"] == "dcr-initial-access-token"
     for each in spec["initContainers"] + spec["containers"]:
-        assert not any("valueFrom" in e for e in each.get("env", [])), each["name"]
+        sources = [e["valueFrom"] for e in each.get("env", []) if "valueFrom" in e]
+        assert all(list(source) == ["fieldRef"] for source in sources), each["name"]
 
 
 @pytest.mark.parametrize("mode", ["shared", "sidecar"])
@@ -315,6 +403,7 @@ def test_no_issuer_stops_with_what_to_set() -> None:
 def test_extra_environment_cannot_override_what_the_chart_derives() -> None:
     """bootstrap.env may not set DCR_DELETE_ON_EXIT (it would undo the mode's choice)."""
     assert "DCR_DELETE_ON_EXIT" in refused({"bootstrap": {"env": [{"name": "DCR_DELETE_ON_EXIT", "value": "true"}]}})
+    assert "DCR_METRICS_ADDR" in refused({"bootstrap": {"env": [{"name": "DCR_METRICS_ADDR", "value": ":1"}]}})
 
 
 # -- a real API server ----------------------------------------------------------------------------
@@ -374,7 +463,8 @@ def _stored(kube: KubeServer, namespace: str, secret: str) -> dict[str, Any] | N
 def test_installed_role_lets_the_account_reach_its_two_objects_and_nothing_more(
     kube: KubeServer, namespace: str, installed: str
 ) -> None:
-    """kubectl auth can-i as the chart's ServiceAccount: get/update its Secret and Lease; no other verb or Secret."""
+    """kubectl auth can-i as the chart's ServiceAccount: get/update its Secret and Lease, create Events; no other
+    verb or Secret."""
     account = f"--as=system:serviceaccount:{namespace}:{FULLNAME}"
 
     def can(verb: str, resource: str) -> bool:
@@ -384,8 +474,10 @@ def test_installed_role_lets_the_account_reach_its_two_objects_and_nothing_more(
     allowed = [
         (verb, obj) for verb in ("get", "update") for obj in (f"secret/{installed}", f"lease/{FULLNAME}-dcr-lock")
     ]
+    allowed += [("create", "events")]
     denied = [("delete", f"secret/{installed}"), ("get", "secret/dcr-initial-access-token"), ("list", "secrets")]
     denied += [("create", "secrets"), ("watch", "secrets"), ("patch", f"deployment/{FULLNAME}")]
+    denied += [("list", "events"), ("delete", "events"), ("create", "events.events.k8s.io")]
     assert [(v, o) for v, o in allowed if not can(v, o)] == []
     assert [(v, o) for v, o in denied if can(v, o)] == []
 

@@ -33,7 +33,7 @@ from tests.node.workloads import (
     Workload,
     api_server_env,
     check_deleting_the_pod_deletes_its_client,
-    check_server_waited_for_the_file,
+    check_server_waited_for_readyz,
     eventually,
 )
 
@@ -42,7 +42,6 @@ RELEASE = "shop"
 FULLNAME = f"{RELEASE}-dcr-bootstrap"  # the chart's full name for this release
 SELECTOR = f"app.kubernetes.io/name=dcr-bootstrap,app.kubernetes.io/instance={RELEASE}"
 SECRET = f"{FULLNAME}-dcr-client"
-CLIENT_FILE = "/var/lib/dcr/.dcr_client.json"
 GRACE_SECONDS = 30  # the chart's default terminationGracePeriodSeconds
 pytestmark = pytest.mark.usefixtures("helm_binary")
 
@@ -124,13 +123,13 @@ def test_shared_release_runs_three_pods_and_every_server_answers_with_the_one_cl
 # -- mode=sidecar ---------------------------------------------------------------------------------
 
 
-def test_sidecar_release_starts_the_server_only_after_the_startup_probe_sees_the_file(
-    sidecar: Workload, admin: Admin
-) -> None:
-    """The chart's startup probe on the file gates the server: its first line follows the write; no restarts."""
-    pod = check_server_waited_for_the_file(sidecar, admin)
+def test_sidecar_release_starts_the_server_only_after_readyz_answers(sidecar: Workload, admin: Admin) -> None:
+    """The chart's startupProbe GET /readyz gates the server: its first line follows the sidecar's first proven
+    round; /readyz answers 200; no restarts; and the Pod carries its own name for Events (downward API)."""
+    pod = check_server_waited_for_readyz(sidecar, admin)
     [probed] = pod["spec"]["initContainers"]
-    assert probed["startupProbe"]["exec"]["command"] == ["test", "-s", CLIENT_FILE]
+    env = {e["name"]: e.get("valueFrom") for e in probed["env"]}
+    assert env["DCR_K8S_POD_NAME"] == {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}}
 
 
 def test_sidecar_release_deleting_a_pod_deletes_its_client(sidecar: Workload, admin: Admin) -> None:

@@ -1,4 +1,4 @@
-"""deploy/k8s/sidecar.yaml on a real node: the kubelet's startup probe orders the containers, SIGTERM deletes.
+"""deploy/k8s/sidecar.yaml on a real node: the kubelet's /readyz startup probe orders the containers, SIGTERM deletes.
 
 One Deployment for the module (1 replica); the tests run in file order on it.
 """
@@ -15,7 +15,7 @@ from tests.node.conftest import Cluster
 from tests.node.workloads import (
     Workload,
     check_deleting_the_pod_deletes_its_client,
-    check_server_waited_for_the_file,
+    check_server_waited_for_readyz,
     client_name,
 )
 
@@ -30,9 +30,10 @@ def sidecar(cluster: Cluster, admin: Admin, tmp_path_factory: pytest.TempPathFac
         yield workload
 
 
-def test_the_server_starts_only_after_the_startup_probe_sees_the_file(sidecar: Workload, admin: Admin) -> None:
-    """The server's first line comes after the sidecar wrote the file; it never restarted; it uses that client."""
-    check_server_waited_for_the_file(sidecar, admin)
+def test_the_server_starts_only_after_readyz_answers(sidecar: Workload, admin: Admin) -> None:
+    """startupProbe GET /readyz: the server's first line follows the sidecar's first proven round; /readyz
+    answers 200; no restarts; the server uses the Pod's client."""
+    check_server_waited_for_readyz(sidecar, admin)
 
 
 def test_deleting_the_pod_deletes_its_client_within_the_grace_period(sidecar: Workload, admin: Admin) -> None:

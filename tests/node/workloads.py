@@ -18,7 +18,9 @@ import base64
 import datetime
 import json
 import time
+import urllib.error
 import urllib.parse
+import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -26,6 +28,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from harness.keycloak import Admin, KeycloakServer
 from harness.kube import KubeServer
@@ -197,19 +200,55 @@ def client_name(client: dict[str, Any]) -> str:
     return str(client.get("name", "")).split(" (dcr ", 1)[0]
 
 
-def check_server_waited_for_the_file(sidecar: Workload, admin: Admin) -> dict[str, Any]:
-    """The one Pod of a sidecar workload: its server's first line follows the sidecar's write of the file,
-    neither container restarted, and the server uses the Pod's own client. Returns the Pod."""
+def metrics_port(pod: dict[str, Any]) -> int:
+    """The sidecar's container port named ``metrics`` (DCR_METRICS_ADDR's)."""
+    [sidecar] = pod["spec"]["initContainers"]
+    return int(next(p["containerPort"] for p in sidecar["ports"] if p["name"] == "metrics"))
+
+
+def sidecar_get(pod: dict[str, Any], path: str) -> tuple[int, str]:
+    """GET ``path`` on the sidecar's metrics port at the Pod's IP: (status, body)."""
+    url = f"http://{pod['status']['podIP']}:{metrics_port(pod)}{path}"
+    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # a Pod IP: never through a proxy
+    try:
+        with direct.open(url, timeout=10) as answer:
+            return int(answer.status), answer.read().decode()
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), exc.read().decode()
+
+
+def sample(exposition: str, name: str) -> float:
+    """The one sample ``name`` of a Prometheus exposition, read with prometheus_client's own parser."""
+    values = [s.value for f in text_string_to_metric_families(exposition) for s in f.samples if s.name == name]
+    assert len(values) == 1, f"{name}: {values}"
+    return float(values[0])
+
+
+def check_server_waited_for_readyz(sidecar: Workload, admin: Admin) -> dict[str, Any]:
+    """The one Pod of a sidecar workload: the sidecar's startupProbe is GET /readyz on its metrics port, which
+    answers 200; the server's first line follows the end of the sidecar's first proven round (its
+    "Credentials written" line and the last_success gauge, both before /readyz turned 200); neither container
+    restarted; the server uses the Pod's own client. Returns the Pod."""
     [pod] = sidecar.wait_running(1)
     name = pod["metadata"]["name"]
+    [spec] = pod["spec"]["initContainers"]
+    assert spec["startupProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics", "scheme": "HTTP"}
+    assert spec["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics", "scheme": "HTTP"}
     [sidecar_status] = pod["status"]["initContainerStatuses"]
     [server_status] = pod["status"]["containerStatuses"]
     assert sidecar_status["started"] and sidecar_status["restartCount"] == 0
     assert server_status["restartCount"] == 0
     client_id = sidecar.server_client_id(pod)  # waits for the server's start-up line
+    assert sidecar_get(pod, "/readyz")[0] == 200 and sidecar_get(pod, "/healthz")[0] == 200
+    status, exposition = sidecar_get(pod, "/metrics")
+    assert status == 200 and sample(exposition, "dcr_bootstrap_credentials_valid") == 1
+    server_started = log_time(sidecar.logs(name, "mcp-server")[0])
     written = [log_time(line) for line in sidecar.logs(name, "dcr-bootstrap") if "Credentials written" in line]
     assert written, sidecar.explain()
-    assert written[0] < log_time(sidecar.logs(name, "mcp-server")[0])
+    assert written[0] < server_started
+    # One round so far (a registration is followed by a full DCR_WATCH_INTERVAL): its success is the first.
+    proven = sample(exposition, "dcr_bootstrap_last_success_timestamp_seconds")
+    assert datetime.datetime.fromtimestamp(proven, datetime.UTC) < server_started
     assert sidecar.clients_of(admin, name) == [client_id]
     return pod
 

@@ -58,6 +58,11 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if or (eq .Values.mode "sidecar") .Values.shared.watch }}true{{ end -}}
 {{- end -}}
 
+{{/* Whether the bootstrapper talks to the Kubernetes API (a token, a Role): the shared Secret, or Events. */}}
+{{- define "dcr-bootstrap.apiAccess" -}}
+{{- if or (eq .Values.mode "shared") .Values.events.enabled }}true{{ end -}}
+{{- end -}}
+
 {{- define "dcr-bootstrap.clientName" -}}
 {{- if .Values.clientName -}}
 {{- .Values.clientName -}}
@@ -87,9 +92,12 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if and (eq .Values.mode "sidecar") (or .Values.shared.secretName .Values.shared.leaseName) -}}
 {{- fail "shared.secretName and shared.leaseName apply to mode: shared only (sidecar mode keeps no Secret)" -}}
 {{- end -}}
+{{- if and .Values.metrics.podMonitor.enabled (not (include "dcr-bootstrap.watch" .)) -}}
+{{- fail "metrics.podMonitor needs a `watch` bootstrapper serving /metrics: set mode: sidecar or shared.watch: true" -}}
+{{- end -}}
 {{- range .Values.bootstrap.env -}}
-{{- if has .name (list "DCR_K8S_SECRET" "DCR_K8S_LEASE" "DCR_K8S_ROLLOUT" "DCR_DELETE_ON_EXIT" "DCR_INITIAL_ACCESS_TOKEN" "DCR_CLIENT_FILE") -}}
-{{- fail (printf "bootstrap.env may not set %s: the chart sets it from mode, shared.*, initialAccessToken and credentials" .name) -}}
+{{- if has .name (list "DCR_K8S_SECRET" "DCR_K8S_LEASE" "DCR_K8S_ROLLOUT" "DCR_DELETE_ON_EXIT" "DCR_INITIAL_ACCESS_TOKEN" "DCR_CLIENT_FILE" "DCR_METRICS_ADDR" "DCR_K8S_POD_NAME" "DCR_K8S_POD_NAMESPACE") -}}
+{{- fail (printf "bootstrap.env may not set %s: the chart sets it from mode, shared.*, initialAccessToken, credentials, metrics and events" .name) -}}
 {{- end -}}
 {{- end -}}
 {{- end -}}
