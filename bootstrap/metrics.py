@@ -80,6 +80,7 @@ class Monitor:
             p + "http_request_duration_seconds", "HTTP request time by endpoint", ["endpoint"], registry=r
         )
         self.hooks = Counter(p + "change_hooks", "DCR_ON_CHANGE runs by result", ["result"], registry=r)
+        self.rollouts = Counter(p + "rollouts", "DCR_K8S_ROLLOUT patches by result", ["result"], registry=r)
         Gauge(p + "build_info", "The running version", ["version"], registry=r).labels(__version__).set(1)
 
     def _round_budget(self) -> float:
@@ -111,6 +112,9 @@ class Monitor:
 
     def hook_ran(self, status: int | None) -> None:
         self.hooks.labels("success" if status == 0 else "failure").inc()
+
+    def rollout_ran(self, result: str) -> None:
+        self.rollouts.labels(result).inc()
 
     def observe_http(self, endpoint: str, code: str, seconds: float) -> None:
         self.requests.labels(endpoint, code).inc()
@@ -187,6 +191,10 @@ class Listener:
                 "or stop what listens there, or unset DCR_METRICS_ADDR."
             ) from None
         _http.observers.append(self.monitor.observe_http)
+        if self.monitor.settings.dcr_k8s_rollout:  # the k8s package only when configured, as everywhere
+            from .k8s import _rollout
+
+            _rollout.observers.append(self.monitor.rollout_ran)
         logger.info("Serving metrics", addr=self.addr, port=self.port, paths="/metrics /healthz /readyz")
         return self
 
@@ -202,6 +210,11 @@ class Listener:
     async def stop(self) -> None:
         if self.monitor.observe_http in _http.observers:
             _http.observers.remove(self.monitor.observe_http)
+        if self.monitor.settings.dcr_k8s_rollout:
+            from .k8s import _rollout
+
+            if self.monitor.rollout_ran in _rollout.observers:
+                _rollout.observers.remove(self.monitor.rollout_ran)
         if self._server is not None:
             self._server.close()
         await self._runner.cleanup()

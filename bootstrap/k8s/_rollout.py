@@ -9,6 +9,7 @@ roll-out has completed as ``kubectl rollout status`` judges it: never while old 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from typing import Any
 
 from .. import log
@@ -84,6 +85,15 @@ async def _carried_now(kube: KubeStore, deployment: str, changed: bool) -> tuple
         return False, None
 
 
+# Told of each roll-out PATCH's result ("success" or "failure"): the watch listener counts them (metrics).
+observers: list[Callable[[str], None]] = []
+
+
+def _told(result: str) -> None:
+    for observer in observers:
+        observer(result)
+
+
 async def roll_out(kube: KubeStore, deployment: str, current: SavedRegistration, *, first: bool, changed: bool) -> None:
     """Patch the pod template when its credentials annotation differs from ``current``'s digest.
 
@@ -101,12 +111,14 @@ async def roll_out(kube: KubeStore, deployment: str, current: SavedRegistration,
             return
         await kube.roll_out(deployment, digest)
     except StorageError as exc:
+        _told("failure")
         logger.warning(
             "Could not roll out the Deployment for the current credentials; the next run tries again",
             deployment=where,
             error=exc.line(),
         )
         return
+    _told("success")
     logger.info("Rolled out the Deployment for the new credentials", deployment=where)
 
 
