@@ -71,7 +71,7 @@ def endpoint_role(method: str, url: str, form: bool) -> str:
     return "registration" if method == "POST" else "registration_management"
 
 
-def _observe(role: str, code: str, started: float) -> None:
+def observe(role: str, code: str, started: float) -> None:
     for observer in observers:
         observer(role, code, time.monotonic() - started)
 
@@ -226,9 +226,9 @@ class Transport:
                 resp_headers = {k.lower(): v for k, v in resp.headers.items()}
                 body = await read_capped(resp, target)
         except (aiohttp.ClientError, TimeoutError) as exc:
-            _observe(role, "error", started)
+            observe(role, "error", started)
             raise _translate(exc, method, target, idempotent=idempotent) from None
-        _observe(role, str(status), started)
+        observe(role, str(status), started)
         # Method, URL, status and time only: headers and bodies carry secrets.
         log.debug("HTTP", method=method, url=target, status=status, ms=round((time.monotonic() - started) * 1000))
         if retryable(status, sent=True, idempotent=idempotent):

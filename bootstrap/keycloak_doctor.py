@@ -223,7 +223,28 @@ async def _policy(
         return await _max_clients(transport, realm, token, component, name)
     if provider == "allowed-client-templates":
         return await _allowed_scopes(transport, realm, token, component, name, expected)
+    if provider == "scope":
+        return await _full_scope(transport, realm, token, name)
     return _static_policy(str(provider), name)
+
+
+async def _full_scope(transport: Transport, realm: str, token: str, name: str) -> Finding:
+    """Full Scope Disabled: the client's tokens lose the realm's default roles (default-roles-<realm>'s
+    composites), which an app that checks roles then refuses; name them, so the operator can map them."""
+    default = (await _get(transport, realm, token) or {}).get("defaultRole") or {}
+    role = default.get("name") if isinstance(default, dict) else None
+    roles = await _get(transport, f"{realm}/roles/{quote(str(role), safe='')}/composites", token) if role else []
+    names = sorted(r["name"] for r in roles or [] if isinstance(r, dict) and isinstance(r.get("name"), str))
+    if not names:
+        return _static_policy("scope", name)
+    return Finding(
+        "warning",
+        "policy_scope",
+        f"Policy '{name}': the new client gets Full Scope Allowed off, so its tokens lack the realm's default "
+        f"roles ({', '.join(names)}) and an app that checks them refuses its calls.",
+        f"Map the roles the app needs to the client (Client scopes > Dedicated scope > Scope), or remove the "
+        f"policy; the default roles are in {role}.",
+    )
 
 
 # Policies whose effect needs no request: (level, what it does to our client, the fix).

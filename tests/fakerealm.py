@@ -60,6 +60,7 @@ class FakeRealm:
     issuer: str | None = None  # None: the right one
     refuse_admin: bool = False
     initial_tokens: list[dict[str, Any]] = field(default_factory=list)  # /clients-initial-access
+    default_role_names: list[str] = field(default_factory=lambda: ["offline_access", "uma_authorization"])
 
     @property
     def issuer_url(self) -> str:
@@ -72,6 +73,8 @@ class FakeRealm:
                 web.get(f"/realms/{REALM}/.well-known/openid-configuration", self.metadata),
                 web.post("/realms/master/protocol/openid-connect/token", self.login),
                 web.get("/admin/serverinfo", self.serverinfo),
+                web.get(f"/admin/realms/{REALM}", self.realm),
+                web.get(f"/admin/realms/{REALM}/roles/default-roles-{REALM}/composites", self.default_roles),
                 web.get(f"/admin/realms/{REALM}/components", self.components),
                 web.get(f"/admin/realms/{REALM}/clients", self.client_list),
                 web.get(f"/admin/realms/{REALM}/clients-initial-access", self.initial_access),
@@ -99,6 +102,12 @@ class FakeRealm:
 
     async def serverinfo(self, _: web.Request) -> web.Response:
         return web.json_response({"systemInfo": {"version": self.version}})
+
+    async def realm(self, _: web.Request) -> web.Response:
+        return web.json_response({"realm": REALM, "defaultRole": {"name": f"default-roles-{REALM}"}})
+
+    async def default_roles(self, _: web.Request) -> web.Response:
+        return web.json_response([{"name": name} for name in self.default_role_names])
 
     async def components(self, _: web.Request) -> web.Response:
         return web.json_response(self.policies)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import ssl
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import TracebackType
@@ -20,11 +21,13 @@ from typing import Any
 import aiohttp
 
 from .. import __version__, log
-from .._http import json_object, read_capped, retry_after, retryable, text_fields
+from .._http import json_object, observe, read_capped, retry_after, retryable, text_fields
 from ..errors import AmbiguousWrite, MalformedResponse, ServerNotReady, StorageError, Unavailable, printable
 from ..wait import Deadline, RetryPolicy
 from ._config import KubeApi, check_name
 from ._values import dict_or_empty, text_or_none
+
+ROLE = "kubernetes"  # the endpoint label of these requests in the watch listener's metrics
 
 # A client used on its own (tests, tools) gets the defaults of DCR_WAIT_TIMEOUT and DCR_ATTEMPT_TIMEOUT.
 DEFAULT_TIMEOUT = 120.0
@@ -190,6 +193,7 @@ class KubeClient:
         # a merge patch; a Secret write whose answer is lost is resolved by re-reading the Secret
         # (AmbiguousWrite), not by repeating.
         safe = method in ("GET", "PATCH") or kind == "lease"
+        started = time.monotonic()
         try:
             async with session.request(
                 method,
@@ -203,9 +207,12 @@ class KubeClient:
                 status, location = resp.status, resp.headers.get("Location")
                 raw = await read_capped(resp, url)
         except MalformedResponse:
+            observe(ROLE, "error", started)
             raise self._unreadable(method, kind, name, safe) from None
         except (aiohttp.ClientError, TimeoutError, ssl.SSLError) as exc:
+            observe(ROLE, "error", started)
             raise self._failed(exc, method, kind, name, safe) from None
+        observe(ROLE, str(status), started)
         if retryable(status, sent=True, idempotent=safe):
             raise Unavailable(
                 f"{method} {self._what(kind, name)} answered HTTP {status}",

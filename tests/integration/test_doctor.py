@@ -44,6 +44,16 @@ def test_doctor_names_the_trusted_hosts_policy_that_refuses_anonymous_registrati
     assert run_cli(env).code == 4  # what doctor predicted: the registration is refused
 
 
+def test_doctor_names_the_default_roles_that_full_scope_disabled_takes_from_the_clients_tokens(
+    keycloak: KeycloakServer, admin: Admin, realm: str, tmp_path: Path
+) -> None:
+    """A new realm's anonymous Full Scope Disabled policy: a warning naming default-roles-<realm>'s roles."""
+    result, found = doctor(anonymous_env(keycloak, realm, tmp_path), admin, realm)
+    scope = next(f for f in json.loads(result.stdout) if f["check"] == "policy_scope")
+    assert found["policy_scope"] == "warning"
+    assert "offline_access" in scope["what"] and f"default-roles-{realm}" in scope["fix"]
+
+
 def test_doctor_names_max_clients_reached(
     keycloak: KeycloakServer, admin: Admin, realm: str, env: dict[str, str]
 ) -> None:

@@ -163,6 +163,19 @@ async def test_the_default_trusted_hosts_policy_refuses_anonymous_registration(f
     assert found["policy_scope"] == "warning"  # Full Scope Disabled changes the client
 
 
+async def test_full_scope_disabled_names_the_default_roles_the_clients_tokens_lose(fake_realm: FakeRealm) -> None:
+    """The 'default roles blocking' case: Full Scope Disabled strips default-roles-<realm> from its tokens."""
+    wanted = expected(fake_realm)
+    admin = AdminAccess(fake_realm.base, REALM, "admin", PASSWORD)
+    checker = keycloak_doctor.KeycloakChecker(
+        wanted, lambda t: keycloak.admin_token(t, admin.base_url, admin.username, admin.password)
+    )
+    async with Transport(attempt_timeout=2, secret_origins={origin(fake_realm.base)}) as transport:
+        findings = await checker.realm_findings(transport, ServerMetadata(issuer=fake_realm.issuer_url))
+    scope = next(f for f in findings if f.check == "policy_scope")
+    assert scope.level == "warning" and "offline_access, uma_authorization" in scope.what
+
+
 async def test_a_trusted_host_passes_the_trusted_hosts_policy(fake_realm: FakeRealm) -> None:
     """Our address (loopback towards a loopback Keycloak) among the trusted hosts: ok."""
     fake_realm.policies[0]["config"]["trusted-hosts"] = ["127.0.0.1"]

@@ -1,4 +1,4 @@
-"""DCR_K8S_ROLLOUT's PATCHes are counted by result in the watch listener's metrics."""
+"""The Kubernetes side of the watch listener's metrics: roll-out PATCHes by result, API requests by endpoint role."""
 
 from __future__ import annotations
 
@@ -43,3 +43,23 @@ async def test_a_refused_and_then_a_made_rollout_patch_are_each_counted(
         await listener.stop()
     assert found[(ROLLOUTS, (("result", "failure"),))] == 1 and found[(ROLLOUTS, (("result", "success"),))] == 1
     assert monitor.rollout_ran not in _rollout.observers  # a stopped listener is told nothing more
+
+
+async def test_the_kubernetes_apis_requests_are_counted_under_their_own_endpoint_role(
+    server: FakeServer, kube: FakeKube, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A shared run's Secret and Lease calls appear as endpoint="kubernetes", never by URL or object name."""
+    settings = shared_settings(server, kube, tmp_path, monkeypatch, dcr_metrics_addr="127.0.0.1:0")
+    monitor, listener = await metrics.start(settings)
+    assert listener is not None
+    try:
+        await k8s.run_shared(settings)
+        found = samples(generate_latest(monitor.registry).decode())
+    finally:
+        await listener.stop()
+    kubernetes = {
+        dict(labels)["code"]
+        for name, labels in found
+        if name == "dcr_bootstrap_http_requests_total" and dict(labels)["endpoint"] == "kubernetes"
+    }
+    assert kubernetes and kubernetes <= {"200", "201", "404", "409"}
