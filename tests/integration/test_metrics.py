@@ -29,6 +29,12 @@ def _get(url: str) -> tuple[int, str]:
         return exc.code, exc.read().decode()
 
 
+def _watch(env: dict[str, str]) -> subprocess.Popen[str]:
+    """'dcr-bootstrap watch' with this environment, its JSON log on a pipe."""
+    command = [sys.executable, "-m", "bootstrap", "watch"]
+    return subprocess.Popen(command, env=env, cwd=env["HOME"], stderr=subprocess.PIPE, text=True)
+
+
 def _until(proc: subprocess.Popen[str], event: str) -> dict[str, object]:
     """The first log line of ``proc`` with this event; a round that ends before it is a failure, not a wait."""
     assert proc.stderr is not None
@@ -46,13 +52,7 @@ def test_watch_serves_the_saved_secret_expiry_as_a_gauge_and_proves_readiness(
 ) -> None:
     """After the first round: parseable /metrics, expiry gauge == client_secret_expires_at, probes 200, no secret."""
     admin.set_secret_rotation(realm, expiration=600, remaining=60, rotated=300)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "bootstrap", "watch"],
-        env=env | {"DCR_METRICS_ADDR": "127.0.0.1:0", "DCR_WATCH_INTERVAL": "300", "DCR_LOG_FORMAT": "json"},
-        cwd=env["HOME"],
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = _watch(env | {"DCR_METRICS_ADDR": "127.0.0.1:0", "DCR_WATCH_INTERVAL": "300", "DCR_LOG_FORMAT": "json"})
     try:
         base = f"http://127.0.0.1:{_until(proc, 'Serving metrics')['port']}"
         _until(proc, "Credentials written")
@@ -141,13 +141,7 @@ def test_keycloak_going_away_flips_credentials_valid_and_readyz_while_healthz_st
             "DCR_WAIT_TIMEOUT": "5",
             "DCR_LOG_FORMAT": "json",
         }
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "bootstrap", "watch"],
-            env=watched,
-            cwd=env["HOME"],
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        proc = _watch(watched)
         try:
             base = f"http://127.0.0.1:{_until(proc, 'Serving metrics')['port']}"
             _until(proc, "Credentials written")

@@ -88,6 +88,12 @@ def _run_env(monkeypatch: pytest.MonkeyPatch, server: FakeServer, tmp_path: Path
     return tmp_path / "termination-log"
 
 
+@pytest.fixture
+def run_env(monkeypatch: pytest.MonkeyPatch, server: FakeServer, tmp_path: Path) -> Path:
+    """``_run_env`` as a fixture, for the tests that need nothing else of its parts."""
+    return _run_env(monkeypatch, server, tmp_path)
+
+
 def _fail(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make the run fail before any request: static mode without the static credentials (exit 2)."""
     monkeypatch.setenv("USE_DCR", "false")
@@ -173,14 +179,9 @@ def test_a_run_records_a_normal_event_on_its_pod(
 
 
 def test_a_failed_run_records_a_warning_event_with_its_last_line(
-    server: FakeServer,
-    events: FakeEvents,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+    run_env: Path, events: FakeEvents, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """reason Failed, type Warning, the message is the last line (cause and fix)."""
-    _run_env(monkeypatch, server, tmp_path)
     _fail(monkeypatch)
     assert commands.execute("run", argparse.Namespace()) == ExitCode.CONFIG
     [event] = events.posted
@@ -189,15 +190,10 @@ def test_a_failed_run_records_a_warning_event_with_its_last_line(
 
 
 def test_a_refused_event_does_not_fail_the_run(
-    server: FakeServer,
-    events: FakeEvents,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+    run_env: Path, events: FakeEvents, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """403 on events: exit 0 all the same, one warning naming the RBAC it needs."""
     events.status = 403
-    _run_env(monkeypatch, server, tmp_path)
     assert commands.execute("run", argparse.Namespace()) == ExitCode.OK
     warnings = [json.loads(line) for line in capsys.readouterr().err.splitlines() if '"warning"' in line]
     assert len(warnings) == 1 and "'create' on events" in warnings[0]["event"]
