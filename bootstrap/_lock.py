@@ -23,8 +23,7 @@ version = quick.file_version
 
 
 def lock_path(path: Path) -> Path:
-    dotted = path.name if path.name.startswith(".") else f".{path.name}"
-    return path.with_name(f"{dotted}.lock")
+    return quick.beside(path, "lock")
 
 
 @dataclass(frozen=True)

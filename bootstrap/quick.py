@@ -70,8 +70,8 @@ def _client_file() -> Path | None:
     return Path(named[0] if named else DEFAULT_FILE)
 
 
-def _beside(path: Path, suffix: str) -> Path:
-    """``.NAME.suffix`` beside ``path``, as store names its files (store.retired_path, say)."""
+def beside(path: Path, suffix: str) -> Path:
+    """``.NAME.suffix`` beside ``path``: the one naming of every side file (lock, pending, retired, intent, synced)."""
     dotted = path.name if path.name.startswith(".") else f".{path.name}"
     return path.with_name(f"{dotted}.{suffix}")
 
@@ -79,7 +79,7 @@ def _beside(path: Path, suffix: str) -> Path:
 def load() -> dict[str, Any] | None:
     """The saved registration as plain JSON, or None for anything but the plain case."""
     path = _client_file()
-    if path is None or os.path.lexists(_beside(path, "retired")):
+    if path is None or os.path.lexists(beside(path, "retired")):
         return None  # replaced registrations are listed by the full path
     try:
         data = json.loads(read_own(path))  # a link or another user's file: the full path explains
@@ -140,7 +140,7 @@ def take_lock() -> None:
     try:
         if path is None or not path.name:
             return  # the full path's case: store.locked does it all, and explains
-        lock = _beside(path, "lock")
+        lock = beside(path, "lock")
         lock.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # as store.locked would, a moment later
         fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
     except (OSError, ValueError):

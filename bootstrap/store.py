@@ -49,20 +49,16 @@ _ENV_SAFE = re.compile(r"[A-Za-z0-9._:/+=@%,-]*")
 _PROBE_SIZE = 4096  # about one credentials file: a full disk fails the probe, not the save
 
 
-def _dotted(path: Path) -> str:
-    return path.name if path.name.startswith(".") else f".{path.name}"
-
-
 def _directory(path: Path) -> Path:
     return path.parent if str(path.parent) else Path(".")
 
 
 def pending_path(path: Path) -> Path:
-    return path.with_name(f"{_dotted(path)}.pending")
+    return quick.beside(path, "pending")
 
 
 def retired_path(path: Path) -> Path:
-    return path.with_name(f"{_dotted(path)}.retired")
+    return quick.beside(path, "retired")
 
 
 def load_retired(path: Path) -> list[Retired]:
@@ -95,7 +91,7 @@ def _save_list(target: Path, items: list[dict[str, Any]]) -> None:
 
 
 def intent_path(path: Path) -> Path:
-    return path.with_name(f"{_dotted(path)}.intent")
+    return quick.beside(path, "intent")
 
 
 def _not_ours(exc: Untrusted) -> StorageError:

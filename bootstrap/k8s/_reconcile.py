@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import flow, log, store, tokens
+from .. import flow, log, quick, store, tokens
 from ..errors import BootstrapError, CredentialsRejected, StorageError
 from ..models import Retired, SavedRegistration
 from ..settings import Settings
@@ -38,8 +38,7 @@ logger = log.get_logger()
 
 
 def base_path(path: Path) -> Path:
-    name = path.name if path.name.startswith(".") else f".{path.name}"
-    return path.with_name(f"{name}.synced")
+    return quick.beside(path, "synced")
 
 
 def load_base(path: Path) -> dict[str, Any] | None:

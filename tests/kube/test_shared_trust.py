@@ -1,8 +1,9 @@
-"""Shared mode never loses or orphans (issue 23: points 1, 5 and 9) against a real kube-apiserver.
+"""Shared mode never loses or orphans, against a real kube-apiserver: a newer Pod file is published, roll-outs
+are level-triggered, a broken Secret is set aside.
 
-Point 1 runs "Pods" (dcr-bootstrap processes) against the real Keycloak with the manifest's real RBAC;
-points 5 and 9 run ``run_shared`` in-process against the fake authorization server (its clock can be
-moved) with the admin's kubeconfig.
+The first runs "Pods" (dcr-bootstrap processes) against the real Keycloak with the manifest's real RBAC;
+the roll-out and broken-Secret tests run ``run_shared`` in-process against the fake authorization server
+(its clock can be moved) with the admin's kubeconfig.
 """
 
 from __future__ import annotations

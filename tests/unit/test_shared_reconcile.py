@@ -1,4 +1,4 @@
-"""Shared mode never loses, leaks or orphans (issue 23: points 1, 5, 8 and 9) against the fake API server."""
+"""Shared mode never loses, leaks or orphans, against the fake API server."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def _valid_token(server: FakeServer, kube: FakeKube) -> bool:
     return shared is not None and server.tokens.get(shared["registration_access_token"]) == shared["client_id"]
 
 
-# --- point 1: newer local state is published, never replaced by an older Secret ---
+# --- newer local state is published, never replaced by an older Secret ---
 
 
 async def test_a_rotated_token_the_secret_missed_is_published_by_the_next_run(
@@ -106,7 +106,7 @@ def test_a_merge_keeps_each_sides_newer_group() -> None:
     assert conflict
 
 
-# --- point 5: level-triggered roll-outs; retirement waits for a completed roll-out ---
+# --- level-triggered roll-outs; retirement waits for a completed roll-out ---
 
 
 async def test_a_failed_rollout_patch_is_made_by_the_next_run(
@@ -156,7 +156,7 @@ async def test_a_replaced_client_is_deleted_only_after_the_rollout_completed(
     assert "retired" not in (kube.shared() or {})
 
 
-# --- point 8: what we send in a Secret write is masked in every form ---
+# --- what we send in a Secret write is masked in every form ---
 
 
 def _decoded_runs(text: str) -> list[bytes]:
@@ -192,7 +192,7 @@ async def test_an_api_server_echoing_the_secret_write_prints_no_client_secret(
         raise AssertionError("the client secret can be read from the error")  # never print it
 
 
-# --- point 9: a broken Secret is set aside, not obeyed ---
+# --- a broken Secret is set aside, not obeyed ---
 
 
 async def test_a_registration_token_with_a_line_break_is_set_aside_and_a_new_client_registered(
